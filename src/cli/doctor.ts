@@ -1,0 +1,34 @@
+/** `ringdiff doctor`: which compute backends load here, and why the others do not. */
+import { probeBackends } from '../model/backend/index.js';
+
+/** Prints the backend report as text or one JSON object; always exits 0. */
+export async function doctor(opts: { json?: boolean; backend?: string }): Promise<void> {
+  const r = await probeBackends(opts.backend);
+  const report = {
+    chosen: r.chosen,
+    tfjs_version: r.tfjsVersion,
+    tf_backend: r.tfBackend,
+    forced_by: r.forcedBy,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    candidates: r.candidates,
+  };
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+    return;
+  }
+  const lines = [
+    `ringdiff doctor (node ${process.version}, ${report.platform}, tfjs ${r.tfjsVersion})`,
+    'backends, in order of preference:',
+  ];
+  for (const c of r.candidates) {
+    const mark = c.loaded ? 'ok ' : '-- ';
+    lines.push(
+      `  ${mark} ${c.name.padEnd(15)} ${c.package ?? '(built in)'}${c.reason ? `: ${c.reason}` : ''}`,
+    );
+  }
+  lines.push(
+    `chosen: ${r.chosen}${r.forcedBy ? ` (forced by ${r.forcedBy === 'flag' ? '--backend' : 'RINGDIFF_BACKEND'})` : ''}`,
+  );
+  process.stdout.write(`${lines.join('\n')}\n`);
+}

@@ -1,0 +1,95 @@
+/** The `ringdiff` command line. */
+import { Command, Option } from 'commander';
+import { collect, intOption, numberOption } from './common.js';
+
+/** Parses argv and runs the chosen command. */
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('ringdiff')
+    .description('Distributed data-parallel training of diffusion models with TensorFlow.js')
+    .version('0.1.0')
+    .showHelpAfterError();
+
+  const backendOpt = () =>
+    new Option(
+      '--backend <name>',
+      'compute backend: tensorflow-gpu, tensorflow, cpu (default: best that loads; env RINGDIFF_BACKEND)',
+    );
+
+  program
+    .command('train')
+    .description('train a job in this process (no --config: the embedded default job)')
+    .option('-c, --config <file>', 'job config (YAML)')
+    .option(
+      '--set <key=value>',
+      'override a config key (repeatable), e.g. --set train.steps=100',
+      collect,
+      [],
+    )
+    .addOption(backendOpt())
+    .option('--pretty', 'human-readable logs instead of JSON')
+    .option('--no-progress', 'no progress bar even on a terminal')
+    .action(async (o) => {
+      const { train } = await import('./train.js');
+      await train(o);
+    });
+
+  program
+    .command('sample')
+    .description('draw samples from a checkpoint into a .png picture or a float32 .npy array')
+    .requiredOption('--checkpoint <dir>', 'checkpoint directory (ckpt-<step>)')
+    .requiredOption('--out <file>', 'output file: .png (image grid / scatter plot) or .npy')
+    .option('--count <n>', 'number of samples', intOption('--count', 1), 64)
+    .option('--sampler <name>', 'ddpm or ddim', 'ddpm')
+    .option('--steps <k>', 'DDIM steps (DDPM always runs all T)', intOption('--steps', 1))
+    .option('--eta <e>', 'DDIM η (0 = deterministic)', numberOption('--eta'), 0)
+    .option('--guidance <w>', 'classifier-free guidance weight w', numberOption('--guidance'), 0)
+    .option('--class <c>', 'class of every sample (default: cycle through classes)', intOption('--class', 0))
+    .option('--seed <s>', 'sampling seed', intOption('--seed', 0), 0)
+    .option('--ema', 'use the EMA weights (default)', true)
+    .option('--raw', 'use the raw (non-EMA) weights')
+    .option('--chunk <n>', 'samples per model call', intOption('--chunk', 1), 256)
+    .addOption(backendOpt())
+    .option('--no-progress', 'no progress bar')
+    .action(async (o) => {
+      const { sample } = await import('./sample.js');
+      await sample({ ...o, ema: !o.raw });
+    });
+
+  program
+    .command('doctor')
+    .description('report which compute backends load here and why the others do not')
+    .option('--json', 'print one JSON object')
+    .addOption(backendOpt())
+    .action(async (o) => {
+      const { doctor } = await import('./doctor.js');
+      await doctor(o);
+    });
+
+  const data = program.command('data').description('dataset tools');
+  data
+    .command('inspect <spec>')
+    .description(
+      'count, shape, dtype, label histogram and value range of a dataset (spec as in data.dataset)',
+    )
+    .option('--grid <file>', 'write a PNG grid of the first 64 examples')
+    .option('--image-size <n>', 'image side after preprocessing', intOption('--image-size', 1))
+    .option('--channels <c>', 'channels after preprocessing', intOption('--channels', 1))
+    .option('--json', 'print one JSON object')
+    .action(async (spec: string, o) => {
+      const { inspectData } = await import('./data.js');
+      await inspectData(spec, o);
+    });
+
+  program
+    .command('config')
+    .description('print the resolved job config')
+    .option('--print', 'print the resolved config as YAML (the default action)')
+    .option('-c, --config <file>', 'job config (YAML)')
+    .option('--set <key=value>', 'override a config key (repeatable)', collect, [])
+    .action(async (o) => {
+      const { printConfig } = await import('./config.js');
+      printConfig(o);
+    });
+
+  await program.parseAsync(argv);
+}

@@ -1,0 +1,137 @@
+/** `ringdiff train`: single-process training with checkpoints, a progress bar on a TTY, JSON logs otherwise. */
+import { createWriteStream, mkdirSync } from 'node:fs';
+import cliProgress from 'cli-progress';
+import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { initBackend } from '../model/backend/index.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { closeJob, openJob, runPath, saveCheckpoint, trainStep, type Job } from '../worker/local.js';
+import { drawSamples } from '../model/sample.js';
+import { DEFAULT_DATASET_MODULE, Prefetcher } from '../data/prefetch.js';
+import { writeSamplesPng } from '../data/image.js';
+import { writeNpyFloat32 } from '../data/npy.js';
+
+export interface TrainOptions {
+  config?: string;
+  set?: string[];
+  backend?: string;
+  pretty?: boolean;
+  progress?: boolean;
+}
+
+/** Draws the end-of-run samples from the EMA weights into samples.png and samples.npy. */
+export async function writeFinalSamples(job: Job, log: Logger): Promise<void> {
+  const n = job.cfg.train.sample_count;
+  if (n === 0) return;
+  const t0 = Date.now();
+  const images = job.model.dataShape.length === 3;
+  const data = drawSamples(job.model, job.state.ema, job.schedule, {
+    count: n,
+    // DDIM keeps the end-of-run picture cheap on slow backends; `ringdiff sample` offers DDPM.
+    sampler: images ? 'ddim' : 'ddpm',
+    steps: 50,
+    eta: 0,
+    guidance: 0,
+    classLabel: null,
+    seed: job.cfg.run.seed,
+    sigma: job.cfg.diffusion.sigma,
+    clip: images && job.cfg.diffusion.clip_denoised,
+    chunk: 256,
+  });
+  const shape = [n, ...job.model.dataShape];
+  await writeNpyFloat32(runPath(job.cfg, 'samples.npy'), data, shape);
+  await writeSamplesPng(runPath(job.cfg, 'samples.png'), data, shape);
+  log.info({ count: n, ms: Date.now() - t0, file: runPath(job.cfg, 'samples.png') }, 'samples written');
+}
+
+/** Trains the job described by the options; resolves when the last checkpoint is written. */
+export async function train(opts: TrainOptions): Promise<void> {
+  const cfg: Config = loadConfig(opts.config, opts.set ?? []);
+  const backend = await initBackend(opts.backend);
+  mkdirSync(cfg.run.out_dir, { recursive: true });
+  const tty = opts.progress !== false && process.stderr.isTTY === true;
+  // On a TTY the bar owns the terminal, so the JSON log goes to the run directory.
+  const log = createLogger({
+    job: cfg.run.name,
+    pretty: opts.pretty,
+    destination:
+      tty && !opts.pretty ? createWriteStream(runPath(cfg, 'train.log'), { flags: 'a' }) : undefined,
+  });
+  log.info({ backend: backend.chosen, out_dir: cfg.run.out_dir }, 'starting');
+  const job = await openJob(cfg, log);
+  if (job.resumedFrom) log.info({ dir: job.resumedFrom, step: job.state.step }, 'resumed from checkpoint');
+  let stopping = false;
+  const onSignal = (sig: string) => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    log.warn({ signal: sig }, 'stopping after this step');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const bar = tty
+    ? new cliProgress.SingleBar(
+        {
+          format: 'step {value}/{total} |{bar}| loss {loss} | {sps} samples/s | ETA {eta_formatted}',
+          etaBuffer: 50,
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  bar?.start(cfg.train.steps, job.state.step, { loss: '-', sps: '-' });
+  const every = cfg.train.checkpoint_every;
+  let lastLog = { t: Date.now(), step: job.state.step };
+  let lossAvg = NaN;
+  const B = cfg.train.global_batch;
+  const loader = new Prefetcher({
+    data: cfg.data,
+    seed: cfg.run.seed,
+    globalBatch: B,
+    module: DEFAULT_DATASET_MODULE,
+  });
+  try {
+    while (job.state.step < cfg.train.steps && !stopping) {
+      const shard = await loader.get(job.state.step, 0, B);
+      if (job.state.step + 1 < cfg.train.steps) loader.request(job.state.step + 1, 0, B);
+      const r = trainStep(job, shard);
+      lossAvg = Number.isNaN(lossAvg) ? r.loss : 0.95 * lossAvg + 0.05 * r.loss;
+      const now = Date.now();
+      if (bar) {
+        const sps = (cfg.train.global_batch * 1000) / Math.max(r.ms, 1e-3);
+        bar.update(r.step, { loss: lossAvg.toFixed(4), sps: sps.toFixed(1) });
+      }
+      if (r.step % cfg.train.log_every === 0 || r.step === cfg.train.steps) {
+        const sps = ((r.step - lastLog.step) * cfg.train.global_batch * 1000) / Math.max(now - lastLog.t, 1);
+        log.info(
+          {
+            step: r.step,
+            loss: r.loss,
+            loss_q: r.lossQuarters,
+            grad_norm: r.gradNorm,
+            lr: r.lr,
+            samples_per_s: sps,
+          },
+          'step',
+        );
+        lastLog = { t: now, step: r.step };
+      }
+      if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at step ${r.step}: training diverged`);
+      if (every > 0 && r.step % every === 0 && r.step !== cfg.train.steps) {
+        const c = await saveCheckpoint(job);
+        log.info({ step: r.step, ...c }, 'checkpoint written');
+      }
+    }
+    bar?.stop();
+    const c = await saveCheckpoint(job);
+    log.info({ step: job.state.step, ...c }, 'checkpoint written');
+    if (!stopping) await writeFinalSamples(job, log);
+    log.info({ step: job.state.step }, stopping ? 'stopped' : 'done');
+  } finally {
+    await loader.close();
+    bar?.stop();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    closeJob(job);
+  }
+  if (stopping) process.exitCode = 130;
+}

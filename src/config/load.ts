@@ -1,0 +1,136 @@
+/**
+ * Reading, overriding and printing job configs. Every failure is a one-line `ConfigError`
+ * naming the file and the key path.
+ */
+import { readFileSync } from 'node:fs';
+import { Document, isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Pair } from 'yaml';
+import { z } from 'zod';
+import { ConfigSchema, type Config } from './schema.js';
+
+/** A user mistake in a config, its file or an override; the message is one line. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const path = issue.path.map(String).join('.');
+  if (issue.code === 'unrecognized_keys') {
+    const keys = issue.keys.map((k) => (path ? `${path}.${k}` : k));
+    return `unknown key${keys.length > 1 ? 's' : ''} ${keys.join(', ')}`;
+  }
+  const msg = issue.message.replace(/^Invalid input: /, '');
+  return `${path || '(root)'}: ${msg}`;
+}
+
+/** Validates a raw object; `source` names where it came from in error messages. */
+export function validateConfig(raw: unknown, source: string): Config {
+  const r = ConfigSchema.safeParse(raw ?? {});
+  if (!r.success) {
+    const first = r.error.issues[0];
+    const more = r.error.issues.length > 1 ? ` (and ${r.error.issues.length - 1} more)` : '';
+    throw new ConfigError(`${source}: ${first ? describeIssue(first) : 'invalid config'}${more}`);
+  }
+  return r.data;
+}
+
+/** Parses YAML text; syntax errors name the line and column. */
+export function parseConfigText(text: string, source: string): unknown {
+  const doc = parseDocument(text, { prettyErrors: true });
+  const err = doc.errors[0];
+  if (err) {
+    const pos = err.linePos?.[0];
+    const where = pos ? ` at line ${pos.line}, column ${pos.col}` : '';
+    throw new ConfigError(
+      `${source}: invalid YAML${where}: ${err.message.split('\n')[0]?.replace(/ at line \d+, column \d+:?$/, '')}`,
+    );
+  }
+  const value: unknown = doc.toJS();
+  if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
+    throw new ConfigError(`${source}: the top level must be a mapping of sections (run, data, model, ...)`);
+  }
+  return value ?? {};
+}
+
+/** Applies `a.b.c=value` overrides (value parsed as YAML: numbers, booleans, lists) to a raw object. */
+export function applyOverrides(raw: unknown, sets: readonly string[]): Record<string, unknown> {
+  const root: Record<string, unknown> = structuredClone((raw ?? {}) as Record<string, unknown>);
+  for (const s of sets) {
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`--set ${s}: expected key.path=value`);
+    const key = s.slice(0, eq).trim();
+    const text = s.slice(eq + 1);
+    let value: unknown;
+    try {
+      value = text === '' ? '' : parseYaml(text);
+    } catch (e) {
+      throw new ConfigError(
+        `--set ${key}: cannot parse value '${text}': ${(e as Error).message.split('\n')[0]}`,
+      );
+    }
+    const parts = key.split('.');
+    if (parts.some((p) => p === '')) throw new ConfigError(`--set ${s}: empty key segment`);
+    let node = root;
+    for (const p of parts.slice(0, -1)) {
+      const child = node[p];
+      if (child === undefined) node[p] = {};
+      else if (typeof child !== 'object' || child === null || Array.isArray(child)) {
+        throw new ConfigError(`--set ${key}: ${p} is not a section`);
+      }
+      node = node[p] as Record<string, unknown>;
+    }
+    node[parts[parts.length - 1] as string] = value;
+  }
+  return root;
+}
+
+/** Loads a config file (or the defaults when `path` is undefined) and applies overrides. */
+export function loadConfig(path: string | undefined, sets: readonly string[] = []): Config {
+  let raw: unknown = {};
+  const source = path ?? 'config';
+  if (path !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new ConfigError(`${path}: cannot read config (${code ?? (e as Error).message})`);
+    }
+    raw = parseConfigText(text, path);
+  }
+  const merged = applyOverrides(raw, sets);
+  return validateConfig(merged, sets.length > 0 ? `${source} (with --set)` : source);
+}
+
+/** The resolved config as YAML, each key followed by its one-line description. */
+export function configToYaml(cfg: Config): string {
+  const doc = new Document(cfg);
+  const root = doc.contents;
+  if (isMap(root)) {
+    for (const section of root.items as Pair[]) {
+      const sectionName = isScalar(section.key) ? String(section.key.value) : '';
+      const sectionSchema = (ConfigSchema.shape as Record<string, z.ZodType>)[sectionName];
+      const inner = sectionSchema ? unwrap(sectionSchema) : undefined;
+      if (!isMap(section.value) || !(inner instanceof z.ZodObject)) continue;
+      for (const pair of section.value.items as Pair[]) {
+        const key = isScalar(pair.key) ? String(pair.key.value) : '';
+        const desc = (inner.shape as Record<string, z.ZodType>)[key]?.description;
+        // Flow style keeps a list on one line, so its description stays beside it.
+        if (isSeq(pair.value)) pair.value.flow = true;
+        if (desc && (isScalar(pair.value) || pair.value)) {
+          (pair.value as { comment?: string }).comment = ` ${desc}`;
+        }
+      }
+    }
+  }
+  return doc.toString({ lineWidth: 0 });
+}
+
+function unwrap(s: z.ZodType): z.ZodType {
+  let cur: z.ZodType = s;
+  for (let i = 0; i < 5; i++) {
+    const def = (cur as unknown as { def: { innerType?: z.ZodType } }).def;
+    if (!def.innerType) break;
+    cur = def.innerType;
+  }
+  return cur;
+}

@@ -1,0 +1,145 @@
+/**
+ * The job configuration: one zod schema, where every key has a default and a one-line description.
+ * Unknown keys and wrong types are errors that name the key path (see `load.ts`).
+ */
+import { z } from 'zod';
+
+const int = (min: number) => z.number().int().min(min);
+
+export const RunSchema = z
+  .strictObject({
+    name: z.string().min(1).default('default').describe('Job name, used in logs and metrics.'),
+    seed: int(0)
+      .max(2 ** 48)
+      .default(0)
+      .describe('Seed of every random draw (init, noise, timesteps, data order).'),
+    out_dir: z.string().min(1).default('runs/default').describe('Run directory: checkpoints, samples, logs.'),
+  })
+  .prefault({});
+
+export const DataSchema = z
+  .strictObject({
+    dataset: z
+      .string()
+      .min(1)
+      .default('toy:8gaussians')
+      .describe(
+        'Dataset spec: mnist, fashion-mnist, idx:<images>[,<labels>], cifar10:<dir>, folder:<dir>, npy:<file>[,<labels>], toy:<8gaussians|swissroll>.',
+      ),
+    image_size: int(1).default(32).describe('Side of the square images fed to the model, in pixels.'),
+    channels: int(1).max(4).default(1).describe('Image channels (1 grey, 3 RGB).'),
+    size: int(1).default(65536).describe('Number of examples in a synthetic (toy) dataset.'),
+    random_flip: z.boolean().default(false).describe('Random horizontal flip of images, drawn per example.'),
+    drop_last: z
+      .boolean()
+      .default(true)
+      .describe("Drop an epoch's short tail (true) or wrap into the next epoch (false)."),
+  })
+  .prefault({});
+
+export const ModelSchema = z
+  .strictObject({
+    kind: z.enum(['unet', 'mlp']).default('mlp').describe('Denoiser: unet for images, mlp for 2-D data.'),
+    channels: z.array(int(1)).min(1).default([32, 64, 128]).describe('U-Net channels per resolution level.'),
+    res_blocks: int(1).default(1).describe('Residual blocks per U-Net level.'),
+    attention_resolutions: z
+      .array(int(1))
+      .default([])
+      .describe('Resolutions (pixels) whose blocks get self-attention.'),
+    attention_heads: int(1).default(1).describe('Heads of each self-attention block.'),
+    groups: int(1).default(8).describe('GroupNorm groups.'),
+    time_embed_dim: int(1).default(64).describe('Width of the timestep embedding MLP.'),
+    hidden: int(1).default(128).describe('Hidden width of the MLP denoiser.'),
+    layers: int(1).default(4).describe('Residual layers of the MLP denoiser.'),
+    num_classes: int(0)
+      .default(0)
+      .describe('Classes for conditioning (0 = unconditional); index num_classes is the null class.'),
+    class_dropout: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.1)
+      .describe('Probability of replacing the label by the null class in training.'),
+  })
+  .prefault({});
+
+export const DiffusionSchema = z
+  .strictObject({
+    timesteps: int(2).default(1000).describe('Number of diffusion steps T.'),
+    schedule: z.enum(['linear', 'cosine', 'sigmoid']).default('linear').describe('Noise schedule β_t.'),
+    timestep_sampler: z
+      .enum(['uniform', 'loss-second-moment'])
+      .default('uniform')
+      .describe(
+        'Timestep distribution in training; loss-second-moment is Improved DDPM importance sampling.',
+      ),
+    history_per_term: int(1).default(10).describe('Losses kept per timestep by loss-second-moment.'),
+    uniform_prob: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.001)
+      .describe('Uniform mixture weight of loss-second-moment.'),
+    sigma: z
+      .enum(['beta', 'posterior'])
+      .default('beta')
+      .describe('DDPM sampling variance σ_t²: β_t or the posterior variance.'),
+    clip_denoised: z
+      .boolean()
+      .default(true)
+      .describe('Clip the predicted x_0 to [-1, 1] when sampling images.'),
+  })
+  .prefault({});
+
+export const TrainSchema = z
+  .strictObject({
+    steps: int(1).default(3000).describe('Optimizer steps of the job.'),
+    global_batch: int(1).default(256).describe('Examples per step, summed over all workers.'),
+    microbatch: int(0)
+      .default(0)
+      .describe('Largest batch run through the model at once (0 = no limit); gradients accumulate.'),
+    lr: z.number().positive().default(2e-3).describe('Peak learning rate.'),
+    warmup_steps: int(0).default(100).describe('Linear learning-rate warm-up, in steps.'),
+    beta1: z.number().min(0).lt(1).default(0.9).describe('Adam β1.'),
+    beta2: z.number().min(0).lt(1).default(0.999).describe('Adam β2.'),
+    adam_eps: z.number().positive().default(1e-8).describe('Adam ε.'),
+    weight_decay: z.number().min(0).default(0).describe('Decoupled weight decay (AdamW); 0 = Adam.'),
+    grad_clip: z.number().min(0).default(1).describe('Global gradient-norm clip (0 = off).'),
+    ema_decay: z.number().min(0).max(1).default(0.995).describe('EMA decay of the weights.'),
+    ema_warmup: z
+      .boolean()
+      .default(true)
+      .describe('Use min(decay, (1+n)/(10+n)) for the EMA decay at step n.'),
+    checkpoint_every: int(0).default(1000).describe('Steps between checkpoints (0 = only the last step).'),
+    keep_checkpoints: int(1).default(3).describe('Checkpoints kept in run.out_dir (oldest removed).'),
+    log_every: int(1).default(50).describe('Steps between log lines.'),
+    sample_count: int(0)
+      .default(256)
+      .describe('Samples drawn from the EMA at the end of training (0 = none).'),
+  })
+  .prefault({});
+
+export const ClusterSchema = z
+  .strictObject({
+    min_workers: int(1).default(1).describe('Workers the coordinator waits for before the first step.'),
+    max_workers: int(1).default(64).describe('Largest number of workers admitted.'),
+    heartbeat_timeout_ms: int(1)
+      .default(10000)
+      .describe('Silence after which a worker is declared dead, in ms.'),
+    verify_every: int(0).default(100).describe('Steps between cross-worker weight checksums (0 = never).'),
+  })
+  .prefault({});
+
+export const ConfigSchema = z.strictObject({
+  run: RunSchema,
+  data: DataSchema,
+  model: ModelSchema,
+  diffusion: DiffusionSchema,
+  train: TrainSchema,
+  cluster: ClusterSchema,
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type ModelConfig = Config['model'];
+export type DiffusionConfig = Config['diffusion'];
+export type TrainConfig = Config['train'];

@@ -1,0 +1,589 @@
+/**
+ * The `cpu-native` TF.js backend: TF.js's own `cpu` backend (same tensor storage, every kernel
+ * copied) with the kernels that dominate training replaced by the N-API addon in `native/`:
+ * convolutions and matrix products (im2col + OpenBLAS sgemm), and the memory-bound kernels whose
+ * JS versions index element by element (broadcast binary ops, Sum/Mean, Slice/SplitV, Tile,
+ * PadV2, Sigmoid, Square). All run on a thread pool sized by RINGDIFF_THREADS.
+ *
+ * Each override falls back to the original `cpu` kernel for what the addon does not handle
+ * (non-float32 dtypes, NCHW, exotic bias broadcasts), so the backend is always complete.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs';
+import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+
+export const CPU_NATIVE = 'cpu-native';
+const ADDON_PATH = join('native', 'build', 'Release', 'ringdiff_native.node');
+
+/** What `registerCpuNative` found. */
+export interface NativeStatus {
+  ok: boolean;
+  /** Why the backend is unavailable (addon not built, failed to load, ...). */
+  reason: string | null;
+  /** BLAS library and its build configuration, e.g. `OpenBLAS 0.3.21 ... Zen MAX_THREADS=64`. */
+  blas: string | null;
+  /** Threads the kernels use (RINGDIFF_THREADS, else the host's available parallelism). */
+  threads: number;
+}
+
+type Floats = Float32Array;
+type Act = 0 | 1 | 2 | 3 | 4 | 5 | 6;
+
+// Operation codes shared with native/src (Act in kernels.h, BinaryOp/UnaryOp in elementwise.h).
+const BINARY = { add: 0, sub: 1, mul: 2, div: 3, squaredDifference: 4 } as const;
+const UNARY = { sigmoid: 0, square: 1 } as const;
+
+/** The addon's exports (native/src/addon.cc). */
+interface Addon {
+  conv2d(
+    x: Floats,
+    filter: Floats,
+    y: Floats,
+    geom: Int32Array,
+    bias: Floats | null,
+    act: Act,
+    alpha: number,
+    prelu: Floats | null,
+  ): void;
+  conv2dBackpropInput(dy: Floats, filter: Floats, dx: Floats, geom: Int32Array): void;
+  conv2dBackpropFilter(x: Floats, dy: Floats, dw: Floats, geom: Int32Array): void;
+  matmul(
+    a: Floats,
+    b: Floats,
+    out: Floats,
+    dims: Int32Array,
+    aIdx: Int32Array,
+    bIdx: Int32Array,
+    bias: Floats | null,
+    act: Act,
+    alpha: number,
+    prelu: Floats | null,
+  ): void;
+  binary(
+    op: number,
+    a: Floats,
+    aShape: Int32Array,
+    b: Floats,
+    bShape: Int32Array,
+    out: Floats,
+    outShape: Int32Array,
+  ): void;
+  reduceSum(x: Floats, shape: Int32Array, reduceMask: Int32Array, out: Floats, scale: number): void;
+  slice(x: Floats, shape: Int32Array, begin: Int32Array, size: Int32Array, out: Floats): void;
+  tile(x: Floats, shape: Int32Array, reps: Int32Array, out: Floats): void;
+  unary(op: number, x: Floats, out: Floats): void;
+  pad(x: Floats, shape: Int32Array, before: Int32Array, after: Int32Array, value: number, out: Floats): void;
+  setThreads(pool: number, blas: number): void;
+  info(): { blas: string; core: string; threads: number; blasThreads: number };
+}
+
+/** Finds the built addon above this module: it runs from src/ (tsx) and from dist/src/ (tsc). */
+function findAddon(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = join(dir, ADDON_PATH);
+    if (existsSync(candidate)) return candidate;
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  return null;
+}
+
+let addon: Addon | null = null;
+
+/** Loads the addon once; the error says what to do when it is missing. */
+function loadAddon(): { addon: Addon | null; reason: string | null } {
+  if (addon) return { addon, reason: null };
+  const path = findAddon();
+  if (!path)
+    return {
+      addon: null,
+      reason: `native addon not built (${ADDON_PATH} missing; run npm run build:native)`,
+    };
+  try {
+    addon = createRequire(import.meta.url)(path) as Addon;
+    return { addon, reason: null };
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    return { addon: null, reason: `native addon failed to load: ${msg.split('\n')[0] ?? msg}` };
+  }
+}
+
+/** RINGDIFF_THREADS if set to a positive integer, else every core this process may use. */
+export function nativeThreads(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.RINGDIFF_THREADS;
+  if (raw !== undefined && raw.trim() !== '') {
+    const n = Number(raw);
+    if (Number.isInteger(n) && n >= 1) return Math.min(n, 256);
+    throw new Error(`RINGDIFF_THREADS must be a positive integer, got '${raw}'`);
+  }
+  return availableParallelism();
+}
+
+/** Sets the kernels' thread count (e.g. for benchmarks); no-op when the addon is not loaded. */
+export function setNativeThreads(threads: number): void {
+  // OpenBLAS stays single-threaded: the addon splits every GEMM into row blocks across its own
+  // pool, which also parallelises im2col/col2im, and two thread pools would fight for 2 cores.
+  addon?.setThreads(Math.max(1, Math.floor(threads)), 1);
+  if (status?.ok) status = { ...status, threads: addon?.info().threads ?? status.threads };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+function values(backend: MathBackendCPU, t: tf.TensorInfo): Float32Array | null {
+  if (t.dtype !== 'float32') return null;
+  const v = backend.data.get(t.dataId).values;
+  return v instanceof Float32Array ? v : null;
+}
+
+const ACTS: Record<string, Act> = {
+  linear: 0,
+  relu: 1,
+  relu6: 2,
+  elu: 3,
+  leakyrelu: 4,
+  sigmoid: 5,
+  prelu: 6,
+};
+
+/**
+ * A tensor broadcast along the last axis of an output of rank `outRank` whose last dimension is
+ * `cols`: every other dimension 1, last `cols` or 1. Anything else goes to the JS fallback.
+ */
+function channelVector(
+  backend: MathBackendCPU,
+  t: tf.TensorInfo | undefined,
+  outRank: number,
+  cols: number,
+): Float32Array | null | undefined {
+  if (!t) return null;
+  const r = t.shape.length;
+  if (r > outRank) return undefined;
+  const last = r === 0 ? 1 : (t.shape[r - 1] as number);
+  if (last !== cols && last !== 1) return undefined;
+  for (let i = 0; i < r - 1; i++) if (t.shape[i] !== 1) return undefined;
+  return values(backend, t) ?? undefined;
+}
+
+interface Fused {
+  bias: Float32Array | null;
+  act: Act;
+  alpha: number;
+  prelu: Float32Array | null;
+}
+
+/** Bias/activation the addon can fuse, or null when the JS kernel must do it. */
+function fusedEpilogue(
+  backend: MathBackendCPU,
+  inputs: KernelArgs['inputs'],
+  attrs: KernelArgs['attrs'],
+  outRank: number,
+  cols: number,
+): Fused | null {
+  const act = ACTS[(attrs?.activation as string | undefined) ?? 'linear'];
+  if (act === undefined) return null;
+  const bias = channelVector(backend, inputs.bias, outRank, cols);
+  if (bias === undefined) return null;
+  let prelu: Float32Array | null = null;
+  if (act === ACTS.prelu) {
+    const p = channelVector(backend, inputs.preluActivationWeights, outRank, cols);
+    if (!p) return null;
+    prelu = p;
+  }
+  const alpha = (attrs?.leakyreluAlpha as number | undefined) ?? 0.2;
+  return { bias, act, alpha, prelu };
+}
+
+function convGeom(info: tf.backend_util.Conv2DInfo): Int32Array {
+  return Int32Array.from([
+    info.batchSize,
+    info.inHeight,
+    info.inWidth,
+    info.inChannels,
+    info.filterHeight,
+    info.filterWidth,
+    info.outChannels,
+    info.outHeight,
+    info.outWidth,
+    info.strideHeight,
+    info.strideWidth,
+    info.dilationHeight,
+    info.dilationWidth,
+    info.padInfo.top,
+    info.padInfo.left,
+  ]);
+}
+
+type Shape4 = [number, number, number, number];
+type Pad = 'same' | 'valid' | number | tf.backend_util.ExplicitPadding;
+
+function convInfo(
+  inShape: number[],
+  filterShape: number[],
+  attrs: KernelArgs['attrs'],
+  withDilations: boolean,
+): tf.backend_util.Conv2DInfo | null {
+  const a = attrs ?? {};
+  const dataFormat = (a.dataFormat as string | undefined) ?? 'NHWC';
+  if (dataFormat !== 'NHWC' || inShape.length !== 4 || filterShape.length !== 4) return null;
+  return tf.backend_util.computeConv2DInfo(
+    inShape as Shape4,
+    filterShape as Shape4,
+    a.strides as number | [number, number],
+    withDilations ? ((a.dilations as number | [number, number] | undefined) ?? 1) : 1,
+    a.pad as Pad,
+    a.dimRoundingMode as 'floor' | 'round' | 'ceil' | undefined,
+    false,
+    'channelsLast',
+  );
+}
+
+type Impl = (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.TensorInfo | null;
+
+function conv2dImpl(fused: boolean): Impl {
+  return (args, native, backend) => {
+    const { x, filter } = args.inputs;
+    if (!x || !filter) return null;
+    const xv = values(backend, x);
+    const wv = values(backend, filter);
+    const info = convInfo(x.shape, filter.shape, args.attrs, true);
+    if (!xv || !wv || !info) return null;
+    const ep = fused ? fusedEpilogue(backend, args.inputs, args.attrs, 4, info.outChannels) : null;
+    if (fused && !ep) return null;
+    const y = new Float32Array(info.outShape.reduce((p, d) => p * d, 1));
+    native.conv2d(
+      xv,
+      wv,
+      y,
+      convGeom(info),
+      ep?.bias ?? null,
+      ep?.act ?? 0,
+      ep?.alpha ?? 0,
+      ep?.prelu ?? null,
+    );
+    return backend.makeTensorInfo(info.outShape, 'float32', y);
+  };
+}
+
+const conv2dBackpropInputImpl: Impl = (args, native, backend) => {
+  const { dy, filter } = args.inputs;
+  if (!dy || !filter) return null;
+  const dyv = values(backend, dy);
+  const wv = values(backend, filter);
+  const info = convInfo(args.attrs?.inputShape as number[], filter.shape, args.attrs, false);
+  if (!dyv || !wv || !info) return null;
+  const dx = new Float32Array(info.inShape.reduce((p, d) => p * d, 1));
+  native.conv2dBackpropInput(dyv, wv, dx, convGeom(info));
+  return backend.makeTensorInfo(info.inShape, 'float32', dx);
+};
+
+const conv2dBackpropFilterImpl: Impl = (args, native, backend) => {
+  const { x, dy } = args.inputs;
+  if (!x || !dy) return null;
+  const xv = values(backend, x);
+  const dyv = values(backend, dy);
+  const info = convInfo(x.shape, args.attrs?.filterShape as number[], args.attrs, false);
+  if (!xv || !dyv || !info) return null;
+  const dw = new Float32Array(info.filterShape.reduce((p, d) => p * d, 1));
+  native.conv2dBackpropFilter(xv, dyv, dw, convGeom(info));
+  return backend.makeTensorInfo(info.filterShape, 'float32', dw);
+};
+
+/** Index of each output batch in a broadcast operand's (flattened) batch dimensions. */
+function batchIndices(outer: number[], dims: number[]): Int32Array {
+  const size = outer.reduce((p, d) => p * d, 1);
+  const idx = new Int32Array(size);
+  const off = outer.length - dims.length;
+  for (let flat = 0; flat < size; flat++) {
+    let rem = flat;
+    let src = 0;
+    let stride = 1;
+    for (let i = outer.length - 1; i >= 0; i--) {
+      const d = outer[i] as number;
+      const coord = rem % d;
+      rem = (rem - coord) / d;
+      const j = i - off;
+      if (j >= 0) {
+        const dj = dims[j] as number;
+        src += (dj === 1 ? 0 : coord) * stride;
+        stride *= dj;
+      }
+    }
+    idx[flat] = src;
+  }
+  return idx;
+}
+
+function matmulImpl(fused: boolean): Impl {
+  return (args, native, backend) => {
+    const { a, b } = args.inputs;
+    if (!a || !b || a.shape.length < 2 || b.shape.length < 2) return null;
+    const av = values(backend, a);
+    const bv = values(backend, b);
+    if (!av || !bv) return null;
+    const ta = Boolean(args.attrs?.transposeA);
+    const tb = Boolean(args.attrs?.transposeB);
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    const M = a.shape[ta ? ra - 1 : ra - 2] as number;
+    const K = a.shape[ta ? ra - 2 : ra - 1] as number;
+    const kb = b.shape[tb ? rb - 1 : rb - 2] as number;
+    const N = b.shape[tb ? rb - 2 : rb - 1] as number;
+    if (K !== kb) return null; // let the JS kernel raise TF.js's own error
+    const outerA = a.shape.slice(0, -2);
+    const outerB = b.shape.slice(0, -2);
+    const outer = tf.broadcast_util.assertAndGetBroadcastShape(outerA, outerB);
+    const outShape = [...outer, M, N];
+    const ep = fused ? fusedEpilogue(backend, args.inputs, args.attrs, outShape.length, N) : null;
+    if (fused && !ep) return null;
+    const batch = outer.reduce((p, d) => p * d, 1);
+    const out = new Float32Array(batch * M * N);
+    const dims = Int32Array.from([batch, M, N, K, ta ? 1 : 0, tb ? 1 : 0]);
+    native.matmul(
+      av,
+      bv,
+      out,
+      dims,
+      batchIndices(outer, outerA),
+      batchIndices(outer, outerB),
+      ep?.bias ?? null,
+      ep?.act ?? 0,
+      ep?.alpha ?? 0,
+      ep?.prelu ?? null,
+    );
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  };
+}
+
+const sizeOf = (shape: readonly number[]): number => shape.reduce((p, d) => p * d, 1);
+const i32 = (xs: readonly number[]): Int32Array => Int32Array.from(xs);
+
+// Binary ops whose TF.js versions take a per-element index path whenever shapes differ.
+function binaryImpl(op: number): Impl {
+  return (args, native, backend) => {
+    const { a, b } = args.inputs;
+    if (!a || !b) return null;
+    const av = values(backend, a);
+    const bv = values(backend, b);
+    if (!av || !bv) return null;
+    const outShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape, b.shape);
+    const out = new Float32Array(sizeOf(outShape));
+    native.binary(op, av, i32(a.shape), bv, i32(b.shape), out, i32(outShape));
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  };
+}
+
+// Sum and Mean: TF.js transposes the reduced axes innermost first, a full strided copy.
+function reduceImpl(mean: boolean): Impl {
+  return (args, native, backend) => {
+    const { x } = args.inputs;
+    if (!x) return null;
+    const xv = values(backend, x);
+    if (!xv) return null;
+    const axes = tf.util.parseAxisParam(args.attrs?.axis as number | number[], x.shape);
+    const mask = x.shape.map((_, i) => (axes.includes(i) ? 1 : 0));
+    const reduceSize = sizeOf(x.shape.filter((_, i) => axes.includes(i)));
+    if (mean && reduceSize === 0) return null;
+    const outShape = args.attrs?.keepDims
+      ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
+      : x.shape.filter((_, i) => !axes.includes(i));
+    const out = new Float32Array(sizeOf(outShape));
+    native.reduceSum(xv, i32(x.shape), i32(mask), out, mean ? 1 / reduceSize : 1);
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  };
+}
+
+/** A slice: TF.js's own (a zero-copy view) when contiguous, else the addon's strided copy. */
+function sliceOf(
+  native: Addon,
+  backend: MathBackendCPU,
+  x: tf.TensorInfo,
+  begin: number[],
+  size: number[],
+): tf.TensorInfo | null {
+  const xv = values(backend, x);
+  if (!xv || tf.slice_util.isSliceContinous(x.shape, begin, size) || sizeOf(size) === 0) return null;
+  const out = new Float32Array(sizeOf(size));
+  native.slice(xv, i32(x.shape), i32(begin), i32(size), out);
+  return backend.makeTensorInfo(size, 'float32', out);
+}
+
+const sliceImpl: Impl = (args, native, backend) => {
+  const { x } = args.inputs;
+  if (!x) return null;
+  const [begin, size] = tf.slice_util.parseSliceParams(
+    x,
+    args.attrs?.begin as number | number[],
+    args.attrs?.size as number | number[],
+  ) as [number[], number[]];
+  tf.slice_util.assertParamsValid(x, begin, size);
+  return sliceOf(native, backend, x, begin, size);
+};
+
+// SplitV (the gradient of every skip-connection concat) slices through TF.js's internal slice,
+// which the Slice override above never sees.
+const splitVImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] | null => {
+  const { x } = args.inputs;
+  if (!x || !values(backend, x)) return null;
+  const axis = tf.util.parseAxisParam(args.attrs?.axis as number, x.shape)[0] as number;
+  const sizes = tf.backend_util.prepareSplitSize(x, args.attrs?.numOrSizeSplits as number | number[], axis);
+  const begin = x.shape.map(() => 0);
+  const jsSlice = tf.getKernel(tf.Slice, 'cpu')?.kernelFunc;
+  if (!jsSlice) return null;
+  return sizes.map((s) => {
+    const size = [...x.shape];
+    size[axis] = s;
+    const piece =
+      sliceOf(native, backend, x, [...begin], size) ??
+      (jsSlice({ inputs: { x }, backend, attrs: { begin: [...begin], size } }) as tf.TensorInfo);
+    begin[axis] = (begin[axis] as number) + s;
+    return piece;
+  });
+};
+
+const tileImpl: Impl = (args, native, backend) => {
+  const { x } = args.inputs;
+  if (!x) return null;
+  const xv = values(backend, x);
+  const reps = args.attrs?.reps as number[] | undefined;
+  if (!xv || !reps || reps.length !== x.shape.length) return null;
+  const outShape = x.shape.map((d, i) => d * (reps[i] as number));
+  const out = new Float32Array(sizeOf(outShape));
+  native.tile(xv, i32(x.shape), i32(reps), out);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+function unaryImpl(op: number): Impl {
+  return (args, native, backend) => {
+    const { x } = args.inputs;
+    if (!x) return null;
+    const xv = values(backend, x);
+    if (!xv) return null;
+    const out = new Float32Array(xv.length);
+    native.unary(op, xv, out);
+    return backend.makeTensorInfo([...x.shape], 'float32', out);
+  };
+}
+
+const padImpl: Impl = (args, native, backend) => {
+  const { x } = args.inputs;
+  if (!x) return null;
+  const xv = values(backend, x);
+  const paddings = args.attrs?.paddings as Array<[number, number]> | undefined;
+  if (!xv || !paddings || paddings.length !== x.shape.length) return null;
+  const outShape = x.shape.map((d, i) => (paddings[i]?.[0] ?? 0) + d + (paddings[i]?.[1] ?? 0));
+  const out = new Float32Array(sizeOf(outShape));
+  const before = i32(paddings.map((p) => p[0]));
+  const after = i32(paddings.map((p) => p[1]));
+  native.pad(xv, i32(x.shape), before, after, (args.attrs?.constantValue as number | undefined) ?? 0, out);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+type MultiImpl = (
+  args: KernelArgs,
+  native: Addon,
+  backend: MathBackendCPU,
+) => tf.TensorInfo | tf.TensorInfo[] | null;
+
+const OVERRIDES: ReadonlyArray<[string, MultiImpl]> = [
+  [tf.Conv2D, conv2dImpl(false)],
+  [tf.FusedConv2D, conv2dImpl(true)],
+  [tf.Conv2DBackpropInput, conv2dBackpropInputImpl],
+  [tf.Conv2DBackpropFilter, conv2dBackpropFilterImpl],
+  [tf.BatchMatMul, matmulImpl(false)],
+  [tf._FusedMatMul, matmulImpl(true)],
+  [tf.Add, binaryImpl(BINARY.add)],
+  [tf.Sub, binaryImpl(BINARY.sub)],
+  [tf.Multiply, binaryImpl(BINARY.mul)],
+  [tf.RealDiv, binaryImpl(BINARY.div)],
+  [tf.SquaredDifference, binaryImpl(BINARY.squaredDifference)],
+  [tf.Sum, reduceImpl(false)],
+  [tf.Mean, reduceImpl(true)],
+  [tf.Slice, sliceImpl],
+  [tf.SplitV, splitVImpl],
+  [tf.Tile, tileImpl],
+  [tf.Sigmoid, unaryImpl(UNARY.sigmoid)],
+  [tf.Square, unaryImpl(UNARY.square)],
+  [tf.PadV2, padImpl],
+];
+
+// ---------------------------------------------------------------------------------------------
+
+let status: NativeStatus | null = null;
+const calls = new Map<string, { native: number; fallback: number }>();
+
+/**
+ * How often each overridden kernel ran natively or fell back to JS since registration: a
+ * fallback count that grows in training means a shape or attribute the addon does not cover.
+ */
+export function nativeKernelCalls(): Record<string, { native: number; fallback: number }> {
+  return Object.fromEntries([...calls].map(([k, v]) => [k, { ...v }]));
+}
+
+/**
+ * Registers the `cpu-native` backend (idempotent). Does not switch to it: callers use
+ * `tf.setBackend('cpu-native')` when `ok` is true.
+ */
+export function registerCpuNative(): NativeStatus {
+  if (status) return status;
+  const loaded = loadAddon();
+  const native = loaded.addon;
+  if (!native) {
+    status = { ok: false, reason: loaded.reason, blas: null, threads: 0 };
+    return status;
+  }
+  let threads: number;
+  try {
+    threads = nativeThreads();
+  } catch (err) {
+    status = { ok: false, reason: err instanceof Error ? err.message : String(err), blas: null, threads: 0 };
+    return status;
+  }
+  native.setThreads(threads, 1);
+  // Priority 0: registering must not change which backend TF.js picks by default.
+  tf.registerBackend(
+    CPU_NATIVE,
+    () => {
+      const b = new MathBackendCPU();
+      // Its first-use banner tells Node users to install tfjs-node: misleading for this backend.
+      (b as unknown as { firstUse: boolean }).firstUse = false;
+      return b;
+    },
+    0,
+  );
+  for (const config of tf.getKernelsForBackend('cpu')) {
+    tf.registerKernel({ ...config, backendName: CPU_NATIVE });
+  }
+  for (const [name, impl] of OVERRIDES) {
+    const original = tf.getKernel(name, 'cpu');
+    if (!original) continue;
+    const fallback = original.kernelFunc;
+    const count = { native: 0, fallback: 0 };
+    calls.set(name, count);
+    tf.unregisterKernel(name, CPU_NATIVE);
+    tf.registerKernel({
+      kernelName: name,
+      backendName: CPU_NATIVE,
+      kernelFunc: (args) => {
+        const out = impl(args, native, args.backend as MathBackendCPU);
+        if (out) {
+          count.native++;
+          return out;
+        }
+        count.fallback++;
+        return fallback(args);
+      },
+    });
+  }
+  const info = native.info();
+  status = { ok: true, reason: null, blas: `${info.blas} (core ${info.core})`, threads: info.threads };
+  return status;
+}

@@ -1,0 +1,69 @@
+/**
+ * From the `model` section of the config and the dataset's example shape to a Denoiser.
+ * Every inconsistency is caught here, before any tensor exists, as one line naming the config key.
+ */
+import type { ModelConfig } from '../config/schema.js';
+import { MLPDenoiser } from './mlp.js';
+import type { Denoiser } from './model.js';
+import { UNet } from './unet.js';
+
+/** The denoiser of `model.kind` for examples of shape `dataShape` ([H, W, C] for unet, [D] for mlp). */
+export function createDenoiser(model: ModelConfig, dataShape: readonly number[]): Denoiser {
+  validateModel(model, dataShape);
+  if (model.kind === 'mlp') {
+    return new MLPDenoiser({
+      dim: dataShape[0] as number,
+      hidden: model.hidden,
+      layers: model.layers,
+      timeEmbedDim: model.time_embed_dim,
+      numClasses: model.num_classes,
+    });
+  }
+  const [h, w, c] = dataShape as [number, number, number];
+  return new UNet({
+    dataShape: [h, w, c],
+    channels: model.channels,
+    resBlocks: model.res_blocks,
+    attentionResolutions: model.attention_resolutions,
+    attentionHeads: model.attention_heads,
+    groups: model.groups,
+    timeEmbedDim: model.time_embed_dim,
+    numClasses: model.num_classes,
+  });
+}
+
+/** Throws a one-line error naming the config key if `model` cannot denoise examples of `dataShape`. */
+export function validateModel(model: ModelConfig, dataShape: readonly number[]): void {
+  const shape = `[${dataShape.join(', ')}]`;
+  if (dataShape.length === 0 || dataShape.some((d) => !Number.isInteger(d) || d < 1))
+    throw new Error(`data shape ${shape} is not a list of positive integers`);
+  if (model.kind === 'mlp') {
+    if (dataShape.length !== 1)
+      throw new Error(`model.kind: mlp needs 1-D examples such as [2], got ${shape} (use unet for images)`);
+    return;
+  }
+  if (dataShape.length !== 3)
+    throw new Error(`model.kind: unet needs image examples [H, W, C], got ${shape} (use mlp for vectors)`);
+  const [h, w] = dataShape as [number, number, number];
+  const levels = model.channels.length;
+  const f = 2 ** (levels - 1);
+  if (h % f !== 0 || w % f !== 0)
+    throw new Error(`model.channels: ${levels} levels need image sides divisible by ${f}, got ${h}×${w}`);
+  for (const c of model.channels) {
+    if (c % model.groups !== 0)
+      throw new Error(`model.groups: ${model.groups} does not divide channels ${c}`);
+  }
+  const resolutions = model.channels.map((_, i) => h / 2 ** i);
+  for (const r of model.attention_resolutions) {
+    const i = resolutions.indexOf(r);
+    if (i < 0)
+      throw new Error(
+        `model.attention_resolutions: ${r} is not a U-Net resolution (levels are ${resolutions.join(', ')} pixels high)`,
+      );
+    const c = model.channels[i] as number;
+    if (c % model.attention_heads !== 0)
+      throw new Error(
+        `model.attention_heads: ${model.attention_heads} does not divide channels ${c} (resolution ${r})`,
+      );
+  }
+}

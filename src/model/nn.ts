@@ -1,0 +1,327 @@
+/**
+ * Layers as pure functions over named parameters, and their parameter declarations.
+ *
+ * A layer is a pair: `xxxSpecs(name, ...)` declares its tensors (name, shape, initializer) and
+ * `xxx(p, name, ...)` applies it, reading `${name}.kernel` etc. from `p`. Models list their specs
+ * once, so `init` and the parameter count follow from the same declaration as `apply`.
+ *
+ * Layouts are TF.js-native: images NHWC, conv kernels [kh, kw, in, out], linear kernels [in, out].
+ * (A PyTorch conv weight [out, in, kh, kw] maps here by transposing to [2, 3, 1, 0].)
+ *
+ * Initialisation follows PyTorch's defaults so that models behave like their PyTorch references:
+ * conv/linear weights use kaiming_uniform(a=√5), which is uniform(±1/√fan_in), and biases use the
+ * same bound; GroupNorm starts at γ=1, β=0; embeddings are N(0, 1) (nn.Embedding). A layer can ask
+ * for zero init instead (improved-diffusion's `zero_module`), used for the final output layer so a
+ * fresh model predicts ε̂ = 0 and the initial loss is E[ε²] = 1 whatever the depth.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { Denoiser } from './model.js';
+import type { Params } from './params.js';
+import { Purpose, stream } from './rng.js';
+
+/** How a tensor is initialised. */
+export type Init =
+  { kind: 'uniform'; bound: number } | { kind: 'normal'; std: number } | { kind: 'const'; value: number };
+
+/** One parameter tensor of a model: its stable name, shape and initialiser. */
+export interface ParamSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly init: Init;
+}
+
+/** 'default' = PyTorch default init; 'zero' = all zeros (output layers). */
+export type InitMode = 'default' | 'zero';
+
+const GN_EPS = 1e-5;
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation
+// ---------------------------------------------------------------------------------------------
+
+/** FNV-1a 32-bit hash of the UTF-16 code units of `s` (the rng stream index of a parameter). */
+export function fnv1a32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** A fresh tensor of `spec.shape`, a pure function of (seed, spec.name, spec.init). */
+export function initParam(seed: number, spec: ParamSpec): tf.Tensor {
+  const n = spec.shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  const init = spec.init;
+  if (init.kind === 'const') {
+    data.fill(init.value);
+  } else {
+    // Keyed by name rather than by position: adding or reordering layers leaves the other
+    // tensors' initial values unchanged, and any worker can initialise any subset.
+    const s = stream(seed, 0, fnv1a32(spec.name), Purpose.init);
+    if (init.kind === 'uniform') {
+      for (let i = 0; i < n; i++) data[i] = (2 * s.uniform() - 1) * init.bound;
+    } else {
+      for (let i = 0; i < n; i++) data[i] = s.normal() * init.std;
+    }
+  }
+  return tf.tensor(data, [...spec.shape], 'float32');
+}
+
+/** Checks that names (and their stream indices) are unique; throws naming the clash. */
+export function checkSpecs(specs: readonly ParamSpec[]): void {
+  const names = new Set<string>();
+  const hashes = new Map<number, string>();
+  for (const s of specs) {
+    if (names.has(s.name)) throw new Error(`duplicate parameter name ${s.name}`);
+    names.add(s.name);
+    const h = fnv1a32(s.name);
+    const other = hashes.get(h);
+    // Two names on one stream would get identical initial values.
+    if (other !== undefined) throw new Error(`parameter names ${other} and ${s.name} share rng stream ${h}`);
+    hashes.set(h, s.name);
+  }
+}
+
+/** Fresh parameters for `specs`, inserted in sorted name order. */
+export function initParams(seed: number, specs: readonly ParamSpec[]): Params {
+  checkSpecs(specs);
+  const sorted = [...specs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const p: Params = new Map();
+  for (const s of sorted) p.set(s.name, initParam(seed, s));
+  return p;
+}
+
+/** Number of scalars declared by `specs`. */
+export function countSpecs(specs: readonly ParamSpec[]): number {
+  let n = 0;
+  for (const s of specs) n += s.shape.reduce((a, b) => a * b, 1);
+  return n;
+}
+
+function fanInInit(fanIn: number, mode: InitMode): Init {
+  return mode === 'zero' ? { kind: 'const', value: 0 } : { kind: 'uniform', bound: 1 / Math.sqrt(fanIn) };
+}
+
+/** Linear layer: `${name}.kernel` [fin, fout], `${name}.bias` [fout]. */
+export function linearSpecs(
+  name: string,
+  fin: number,
+  fout: number,
+  mode: InitMode = 'default',
+): ParamSpec[] {
+  const init = fanInInit(fin, mode);
+  return [
+    { name: `${name}.kernel`, shape: [fin, fout], init },
+    { name: `${name}.bias`, shape: [fout], init },
+  ];
+}
+
+/** Square conv: `${name}.kernel` [k, k, cin, cout], `${name}.bias` [cout]. */
+export function conv2dSpecs(
+  name: string,
+  k: number,
+  cin: number,
+  cout: number,
+  mode: InitMode = 'default',
+): ParamSpec[] {
+  const init = fanInInit(k * k * cin, mode);
+  return [
+    { name: `${name}.kernel`, shape: [k, k, cin, cout], init },
+    { name: `${name}.bias`, shape: [cout], init },
+  ];
+}
+
+/** GroupNorm affine: `${name}.gamma` [c] = 1, `${name}.beta` [c] = 0. */
+export function groupNormSpecs(name: string, c: number): ParamSpec[] {
+  return [
+    { name: `${name}.gamma`, shape: [c], init: { kind: 'const', value: 1 } },
+    { name: `${name}.beta`, shape: [c], init: { kind: 'const', value: 0 } },
+  ];
+}
+
+/** Embedding table `${name}.table` [n, d], N(0, 1) like nn.Embedding. */
+export function embeddingSpecs(name: string, n: number, d: number): ParamSpec[] {
+  return [{ name: `${name}.table`, shape: [n, d], init: { kind: 'normal', std: 1 } }];
+}
+
+/** Self-attention block over c channels: `${name}.norm`, `${name}.qkv` [c, 3c], `${name}.proj` [c, c]. */
+export function attentionSpecs(name: string, c: number): ParamSpec[] {
+  // qkv/proj are 1x1 convs in the PyTorch reference (fan_in = c); stored as linear kernels.
+  return [
+    ...groupNormSpecs(`${name}.norm`, c),
+    ...linearSpecs(`${name}.qkv`, c, 3 * c),
+    ...linearSpecs(`${name}.proj`, c, c),
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------------------
+
+/** The tensor `name` of `p`; throws if absent (a missing tensor is a bug, never a default). */
+export function param(p: Params, name: string): tf.Tensor {
+  const t = p.get(name);
+  if (t === undefined) throw new Error(`missing parameter ${name}`);
+  return t;
+}
+
+/** x [N, fin] → [N, fout]. */
+export function linear(p: Params, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  return tf.add(tf.matMul(x, param(p, `${name}.kernel`) as tf.Tensor2D), param(p, `${name}.bias`));
+}
+
+/**
+ * x [B, H, W, cin] → [B, H/stride, W/stride, cout], zero padding (k−1)/2 on every side like
+ * PyTorch's `padding=k//2`.
+ */
+export function conv2d(p: Params, name: string, x: tf.Tensor4D, stride: 1 | 2 = 1): tf.Tensor4D {
+  const kernel = param(p, `${name}.kernel`) as tf.Tensor4D;
+  const k = kernel.shape[0];
+  let y: tf.Tensor4D;
+  if (stride === 1) {
+    // For stride 1 and odd k, 'same' pads (k−1)/2 on both sides: identical to PyTorch.
+    y = tf.conv2d(x, kernel, 1, 'same');
+  } else {
+    // 'same' with stride 2 on an even size pads 0 before and 1 after, shifting the sampling grid
+    // by one pixel with respect to PyTorch (which pads 1 before): pad explicitly instead.
+    const pad = (k - 1) / 2;
+    const xp = tf.pad(x, [
+      [0, 0],
+      [pad, pad],
+      [pad, pad],
+      [0, 0],
+    ]);
+    y = tf.conv2d(xp, kernel, stride, 'valid');
+  }
+  return tf.add(y, param(p, `${name}.bias`));
+}
+
+/** GroupNorm over x [B, H, W, C] with `groups` groups (statistics per example and group), eps 1e-5. */
+export function groupNorm(p: Params, name: string, x: tf.Tensor4D, groups: number): tf.Tensor4D {
+  const [b, h, w, c] = x.shape;
+  if (c % groups !== 0) throw new Error(`${name}: ${groups} groups do not divide ${c} channels`);
+  const xr = tf.reshape(x, [b, h, w, groups, c / groups]);
+  const { mean, variance } = tf.moments(xr, [1, 2, 4], true);
+  const xn = tf.reshape(tf.mul(tf.sub(xr, mean), tf.rsqrt(tf.add(variance, GN_EPS))), [b, h, w, c]);
+  return tf.add(tf.mul(xn, param(p, `${name}.gamma`)), param(p, `${name}.beta`));
+}
+
+/** SiLU x·σ(x), elementwise; same shape as x. */
+export function silu<T extends tf.Tensor>(x: T): T {
+  return tf.mul(x, tf.sigmoid(x));
+}
+
+/**
+ * Width of the sinusoidal features feeding a time-embedding MLP of width `tdim`: tdim/4 rounded
+ * down to even (32 for 128, as in the reference), at least 2.
+ */
+export function sinusoidalDim(tdim: number): number {
+  return Math.max(2, 2 * Math.floor(tdim / 8));
+}
+
+/** t [B] (float timesteps) → [B, dim] = cat(sin(t·f), cos(t·f)), f_i = exp(−ln(10⁴)·i/half), i < half. */
+export function timestepEmbedding(t: tf.Tensor1D, dim: number): tf.Tensor2D {
+  if (dim % 2 !== 0 || dim < 2) throw new Error(`timestep embedding dim must be even and ≥ 2, got ${dim}`);
+  const half = dim / 2;
+  const freqs = new Float32Array(half);
+  for (let i = 0; i < half; i++) freqs[i] = Math.exp((-Math.log(10000) * i) / half);
+  const a = tf.mul(tf.reshape(tf.cast(t, 'float32'), [-1, 1]), tf.tensor2d(freqs, [1, half])) as tf.Tensor2D;
+  return tf.concat([tf.sin(a), tf.cos(a)], 1);
+}
+
+/** Rows of `${name}.table` [n, d] picked by labels y [B] → [B, d]. */
+export function embedding(p: Params, name: string, y: tf.Tensor1D): tf.Tensor2D {
+  return tf.gather(param(p, `${name}.table`) as tf.Tensor2D, tf.cast(y, 'int32'));
+}
+
+/**
+ * Multi-head self-attention over the H·W positions of x [B, H, W, C] → [B, H, W, C]:
+ * x + proj(softmax(QKᵀ/√d)·V) with q, k, v from a 1x1 projection of GroupNorm(x).
+ * The qkv output is laid out [q | k | v], each C = heads × d, head-major.
+ */
+export function selfAttention(
+  p: Params,
+  name: string,
+  x: tf.Tensor4D,
+  groups: number,
+  heads: number,
+): tf.Tensor4D {
+  const [b, h, w, c] = x.shape;
+  if (c % heads !== 0) throw new Error(`${name}: ${heads} heads do not divide ${c} channels`);
+  const n = h * w;
+  const d = c / heads;
+  const hn = tf.reshape(groupNorm(p, `${name}.norm`, x, groups), [b * n, c]) as tf.Tensor2D;
+  const qkv = linear(p, `${name}.qkv`, hn);
+  // [B·N, C] → [B·heads, N, d]; rank ≤ 4 throughout so that every op has a gradient on all backends.
+  const toHeads = (m: tf.Tensor2D): tf.Tensor3D =>
+    tf.reshape(tf.transpose(tf.reshape(m, [b, n, heads, d]), [0, 2, 1, 3]), [b * heads, n, d]);
+  const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+  const scores = tf.mul(tf.matMul(toHeads(q), toHeads(k), false, true), 1 / Math.sqrt(d));
+  const o = tf.matMul(tf.softmax(scores), toHeads(v)); // [B·heads, N, d]
+  const merged = tf.reshape(tf.transpose(tf.reshape(o, [b, heads, n, d]), [0, 2, 1, 3]), [
+    b * n,
+    c,
+  ]) as tf.Tensor2D;
+  return tf.add(x, tf.reshape(linear(p, `${name}.proj`, merged), [b, h, w, c]));
+}
+
+/** Nearest-neighbour ×2 upsampling: x [B, H, W, C] → [B, 2H, 2W, C]. */
+export function upsampleNearest2x(x: tf.Tensor4D): tf.Tensor4D {
+  // reshape + tile instead of resizeNearestNeighbor: tile's gradient exists on every backend as
+  // long as the rank is ≤ 4, so each axis is doubled in a separate rank-≤4 step.
+  const [b, h, w, c] = x.shape;
+  const cols = tf.tile(tf.reshape(x, [b * h, w, 1, c]), [1, 1, 2, 1]); // [B·H, W, 2, C]
+  const rows = tf.tile(tf.reshape(cols, [b * h, 1, 2 * w * c]), [1, 2, 1]); // [B·H, 2, 2W·C]
+  return tf.reshape(rows, [b, 2 * h, 2 * w, c]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pieces shared by the denoisers
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Time (+ class) embedding: `time.lin1` [sinDim, tdim], `time.lin2` [tdim, tdim] and, when
+ * conditional, `class_embed.table` [numClasses + 1, tdim] (last row = null class).
+ */
+export function timeEmbedSpecs(sinDim: number, tdim: number, numClasses: number): ParamSpec[] {
+  const specs = [...linearSpecs('time.lin1', sinDim, tdim), ...linearSpecs('time.lin2', tdim, tdim)];
+  if (numClasses > 0) specs.push(...embeddingSpecs('class_embed', numClasses + 1, tdim));
+  return specs;
+}
+
+/**
+ * Timestep (+ class) embedding shared by the denoisers: t [B], y [B] | null → [B, tdim].
+ * A conditional model given y = null embeds every example with the null class.
+ */
+export function timeEmbed(
+  p: Params,
+  t: tf.Tensor1D,
+  y: tf.Tensor1D | null,
+  sinDim: number,
+  numClasses: number,
+): tf.Tensor2D {
+  const temb = linear(p, 'time.lin2', silu(linear(p, 'time.lin1', timestepEmbedding(t, sinDim))));
+  if (numClasses === 0) return temb;
+  const labels = y ?? tf.fill([t.shape[0]], numClasses, 'int32');
+  return tf.add(temb, embedding(p, 'class_embed', labels as tf.Tensor1D));
+}
+
+/** Throws a one-line error unless x is [B, ...dataShape], t is [B] and y is [B] (or null). */
+export function checkInputs(m: Denoiser, x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D | null): void {
+  const b = x.shape[0];
+  const want = [b, ...m.dataShape];
+  if (x.rank !== want.length || x.shape.some((d, i) => d !== want[i]))
+    throw new Error(
+      `denoiser input x has shape [${x.shape.join(', ')}], expected [B, ${m.dataShape.join(', ')}]`,
+    );
+  if (t.rank !== 1 || t.shape[0] !== b)
+    throw new Error(`denoiser t has shape [${t.shape.join(', ')}], expected [${b}]`);
+  if (y !== null) {
+    if (m.numClasses === 0)
+      throw new Error('denoiser is unconditional (model.num_classes 0) but got labels y');
+    if (y.rank !== 1 || y.shape[0] !== b)
+      throw new Error(`denoiser y has shape [${y.shape.join(', ')}], expected [${b}]`);
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * Single-process training: the whole global batch on one process, with the same step functions,
+ * checkpoints and resume logic as the distributed trainer.
+ */
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import * as tf from '@tensorflow/tfjs';
+import type { Config } from '../config/schema.js';
+import { openDataset } from '../data/spec.js';
+import type { Dataset } from '../data/dataset.js';
+import { readShard, type LoadedShard } from '../data/prefetch.js';
+import { GlobalBatches } from '../data/batches.js';
+import { createDenoiser } from '../model/factory.js';
+import type { Denoiser } from '../model/model.js';
+import {
+  disposeParams,
+  paramsFromHost,
+  paramsToHost,
+  type HostTensor,
+  type Params,
+} from '../model/params.js';
+import { scheduleFor, type Schedule } from '../model/schedule.js';
+import { createSampler, type SamplerState, type TimestepSampler } from '../model/timesteps.js';
+import { applyUpdate, disposeState, initialState, shardGradients, type TrainState } from '../model/train.js';
+import { latestValidCheckpoint, writeCheckpoint, type LoadedCheckpoint } from '../model/checkpoint.js';
+import type { Logger } from '../util/log.js';
+
+/** Keys whose change would make a resumed run a different run. */
+const RUN_DEFINING = [
+  'run.seed',
+  'data',
+  'model',
+  'diffusion',
+  'train.global_batch',
+  'train.lr',
+  'train.warmup_steps',
+  'train.beta1',
+  'train.beta2',
+  'train.adam_eps',
+  'train.weight_decay',
+  'train.grad_clip',
+  'train.ema_decay',
+  'train.ema_warmup',
+  'train.microbatch',
+] as const;
+
+function pick(cfg: Config, key: string): unknown {
+  return key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], cfg);
+}
+
+/** Throws if `saved` differs from `cfg` in a key that defines the run (names the first such key). */
+export function checkResumeCompatible(saved: Config, cfg: Config, dir: string): void {
+  for (const key of RUN_DEFINING) {
+    const a = JSON.stringify(pick(saved, key));
+    const b = JSON.stringify(pick(cfg, key));
+    if (a !== b)
+      throw new Error(
+        `${dir}: checkpoint was written with ${key} = ${a}, config has ${b}; use a new run.out_dir`,
+      );
+  }
+}
+
+/** Everything a training process holds between steps. */
+export interface Job {
+  cfg: Config;
+  dataset: Dataset;
+  model: Denoiser;
+  schedule: Schedule;
+  sampler: TimestepSampler;
+  batches: GlobalBatches;
+  state: TrainState;
+  resumedFrom: string | null;
+}
+
+/** Builds a job, resuming from the newest valid checkpoint in run.out_dir when there is one. */
+export async function openJob(cfg: Config, log?: Logger): Promise<Job> {
+  const dataset = openDataset(cfg.data);
+  const model = createDenoiser(cfg.model, [...dataset.shape]);
+  const schedule = scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps);
+  const batches = new GlobalBatches(dataset.size, cfg.train.global_batch, cfg.run.seed, cfg.data.drop_last);
+  const fresh = model.init(cfg.run.seed);
+  const expect = new Map([...fresh].map(([n, t]) => [n, t.shape] as const));
+  const { checkpoint, skipped } = await latestValidCheckpoint(cfg.run.out_dir, { model: expect });
+  for (const s of skipped) log?.warn({ dir: s.dir, error: s.error }, 'skipping unusable checkpoint');
+  const samplerOpts = {
+    historyPerTerm: cfg.diffusion.history_per_term,
+    uniformProb: cfg.diffusion.uniform_prob,
+  };
+  if (!checkpoint) {
+    const sampler = createSampler(cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps, samplerOpts);
+    return { cfg, dataset, model, schedule, sampler, batches, state: initialState(fresh), resumedFrom: null };
+  }
+  disposeParams(fresh);
+  checkResumeCompatible(checkpoint.state.config as Config, cfg, checkpoint.dir);
+  const sampler = createSampler(
+    cfg.diffusion.timestep_sampler,
+    cfg.diffusion.timesteps,
+    samplerOpts,
+    checkpoint.state.sampler as SamplerState,
+  );
+  return {
+    cfg,
+    dataset,
+    model,
+    schedule,
+    sampler,
+    batches,
+    state: stateFromCheckpoint(checkpoint),
+    resumedFrom: checkpoint.dir,
+  };
+}
+
+/** Device state from a loaded checkpoint. */
+export function stateFromCheckpoint(c: LoadedCheckpoint): TrainState {
+  const moments = (prefix: string): Params => {
+    const h = new Map<string, HostTensor>();
+    for (const [name, t] of c.optimizer) if (name.startsWith(prefix)) h.set(name.slice(prefix.length), t);
+    return paramsFromHost(h);
+  };
+  return {
+    step: c.step,
+    params: paramsFromHost(c.model),
+    ema: paramsFromHost(c.ema),
+    m: moments('m.'),
+    v: moments('v.'),
+  };
+}
+
+/** Writes the checkpoint of the job's current step. */
+export async function saveCheckpoint(job: Job): Promise<{ dir: string; bytes: number; ms: number }> {
+  const { state } = job;
+  const optimizer = new Map<string, HostTensor>();
+  for (const [n, t] of await paramsToHost(state.m)) optimizer.set(`m.${n}`, t);
+  for (const [n, t] of await paramsToHost(state.v)) optimizer.set(`v.${n}`, t);
+  const res = await writeCheckpoint(
+    job.cfg.run.out_dir,
+    state.step,
+    { model: await paramsToHost(state.params), ema: await paramsToHost(state.ema), optimizer },
+    {
+      step: state.step,
+      config: job.cfg,
+      sampler: job.sampler.state(),
+      cursor: job.batches.cursor(state.step),
+      data_shape: job.model.dataShape,
+      tfjs: tf.version.tfjs,
+    },
+    job.cfg.train.keep_checkpoints,
+  );
+  return { dir: res.dir, bytes: res.bytes, ms: res.ms };
+}
+
+/** The examples of positions [from, to) of global batch `step`, read on this thread. */
+export function loadShard(job: Job, step: number, from: number, to: number): LoadedShard {
+  return readShard(
+    job.dataset,
+    { data: job.cfg.data, seed: job.cfg.run.seed, globalBatch: job.cfg.train.global_batch },
+    { step, from, to },
+    job.batches,
+  );
+}
+
+export interface StepReport {
+  step: number;
+  loss: number;
+  /** Mean raw loss per timestep quarter (NaN where no example fell). */
+  lossQuarters: number[];
+  gradNorm: number;
+  lr: number;
+  ms: number;
+}
+
+/** Mean of `losses` per quarter of [0, T) of their timesteps. */
+export function lossByQuarter(t: Int32Array, losses: Float32Array, T: number): number[] {
+  const sum = [0, 0, 0, 0];
+  const cnt = [0, 0, 0, 0];
+  t.forEach((ti, i) => {
+    const q = Math.min(3, Math.floor((4 * ti) / T));
+    sum[q] = (sum[q] as number) + (losses[i] as number);
+    cnt[q] = (cnt[q] as number) + 1;
+  });
+  return sum.map((s, q) => ((cnt[q] as number) > 0 ? s / (cnt[q] as number) : NaN));
+}
+
+/** Runs one full step of the job on this process (on `shard` when prefetched, else reading it now). */
+export function trainStep(job: Job, prefetched?: LoadedShard): StepReport {
+  const t0 = performance.now();
+  const { cfg, state } = job;
+  const step = state.step;
+  const shard = prefetched ?? loadShard(job, step, 0, cfg.train.global_batch);
+  const res = shardGradients(job.model, state.params, shard, {
+    seed: cfg.run.seed,
+    step,
+    globalBatch: cfg.train.global_batch,
+    schedule: job.schedule,
+    probs: job.sampler.probs(),
+    classDropout: cfg.model.class_dropout,
+    microbatch: cfg.train.microbatch,
+  });
+  const upd = applyUpdate(state, res.grads, cfg.train);
+  disposeParams(res.grads);
+  job.sampler.update(res.t, res.losses);
+  return {
+    step: state.step,
+    loss: res.loss,
+    lossQuarters: lossByQuarter(res.t, res.losses, job.schedule.T),
+    gradNorm: upd.gradNorm,
+    lr: upd.lr,
+    ms: performance.now() - t0,
+  };
+}
+
+/** Disposes the job's tensors. */
+export function closeJob(job: Job): void {
+  disposeState(job.state);
+}
+
+/** Path of a file in the run directory. */
+export function runPath(cfg: Config, name: string): string {
+  return path.join(cfg.run.out_dir, name);
+}

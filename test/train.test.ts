@@ -1,0 +1,221 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { cpuBackend, relErr } from './helpers.js';
+import { loadConfig } from '../src/config/load.js';
+import { createDenoiser } from '../src/model/factory.js';
+import { disposeParams, sortedNames, type Params } from '../src/model/params.js';
+import { scheduleFor } from '../src/model/schedule.js';
+import { LossSecondMomentSampler } from '../src/model/timesteps.js';
+import {
+  applyUpdate,
+  emaDecay,
+  initialState,
+  learningRate,
+  shardGradients,
+  type Shard,
+  type StepContext,
+} from '../src/model/train.js';
+import { closeJob, openJob, saveCheckpoint, trainStep } from '../src/worker/local.js';
+import { Purpose, stream } from '../src/model/rng.js';
+
+await cpuBackend();
+
+/** Concatenated gradient of a shard split: Σ over parts of shardGradients. */
+function splitGradients(
+  model: ReturnType<typeof createDenoiser>,
+  params: Params,
+  x0: Float32Array,
+  labels: Int32Array | null,
+  cuts: number[],
+  ctx: StepContext,
+) {
+  const size = model.dataShape.reduce((a, b) => a * b, 1);
+  const total = new Map<string, Float32Array>();
+  let loss = 0;
+  const losses: number[] = [];
+  const ts: number[] = [];
+  const bounds = [0, ...cuts, ctx.globalBatch];
+  for (let k = 0; k + 1 < bounds.length; k++) {
+    const from = bounds[k] as number;
+    const to = bounds[k + 1] as number;
+    const shard: Shard = {
+      x0: x0.subarray(from * size, to * size),
+      labels: labels ? labels.subarray(from, to) : null,
+      from,
+      n: to - from,
+    };
+    const r = shardGradients(model, params, shard, ctx);
+    loss += r.loss;
+    losses.push(...r.losses);
+    ts.push(...r.t);
+    for (const [name, g] of r.grads) {
+      const v = g.dataSync() as Float32Array;
+      const acc = total.get(name);
+      if (acc) v.forEach((x, i) => (acc[i] = (acc[i] as number) + x));
+      else total.set(name, Float32Array.from(v));
+    }
+    disposeParams(r.grads);
+  }
+  return { total, loss, losses, ts };
+}
+
+for (const kind of ['mlp', 'unet'] as const) {
+  test(`${kind}: gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch's`, () => {
+    const cfg = loadConfig(undefined, [
+      `model.kind=${kind}`,
+      'model.channels=[4,8]',
+      'model.groups=2',
+      'model.hidden=16',
+      'model.time_embed_dim=16',
+      'model.num_classes=3',
+      'model.class_dropout=0.3',
+    ]);
+    const shape = kind === 'mlp' ? [2] : [8, 8, 1];
+    const model = createDenoiser(cfg.model, shape);
+    const params = model.init(4);
+    const B = 12;
+    const size = shape.reduce((a, b) => a * b, 1);
+    const x0 = stream(1, 0, 0, Purpose.data).normals(new Float32Array(B * size));
+    const labels = Int32Array.from({ length: B }, (_, i) => i % 3);
+    const sampler = new LossSecondMomentSampler(50, 1);
+    sampler.update(
+      Array.from({ length: 50 }, (_, t) => t),
+      Array.from({ length: 50 }, (_, t) => 1 + t / 10),
+    );
+    const ctx: StepContext = {
+      seed: 3,
+      step: 17,
+      globalBatch: B,
+      schedule: scheduleFor('linear', 50),
+      probs: sampler.probs(),
+      classDropout: 0.3,
+      microbatch: 0,
+    };
+    const whole = splitGradients(model, params, x0, labels, [], ctx);
+    for (const [cuts, mb] of [
+      [[5], 0],
+      [[3, 7], 0],
+      [[], 5],
+      [[1, 11], 2],
+    ] as [number[], number][]) {
+      const part = splitGradients(model, params, x0, labels, cuts, { ...ctx, microbatch: mb });
+      assert.deepEqual(part.ts, whole.ts);
+      assert.ok(relErr(part.losses, whole.losses) < 1e-6);
+      assert.ok(Math.abs(part.loss - whole.loss) < 1e-6 * Math.abs(whole.loss));
+      for (const [name, g] of whole.total) {
+        const e = relErr(part.total.get(name) as Float32Array, g);
+        assert.ok(e < 1e-5, `${name}: relative error ${e} with cuts ${cuts} microbatch ${mb}`);
+      }
+    }
+    disposeParams(params);
+  });
+}
+
+test('Adam step, warm-up, clipping and EMA follow their formulas', () => {
+  const cfg = loadConfig(undefined, [
+    'train.lr=0.1',
+    'train.warmup_steps=4',
+    'train.grad_clip=1',
+    'train.ema_decay=0.9',
+  ]).train;
+  assert.equal(learningRate(cfg, 0), 0.025);
+  assert.equal(learningRate(cfg, 3), 0.1);
+  assert.equal(learningRate(cfg, 10), 0.1);
+  assert.equal(emaDecay(cfg, 0), 0.1);
+  assert.equal(emaDecay(cfg, 1000), 0.9);
+  const state = initialState(new Map([['w', tf.tensor1d([1, -2])]]));
+  // Gradient of norm 5 is clipped to norm 1: first Adam step moves each weight by lr·sign(g).
+  const g = new Map([['w', tf.tensor1d([3, -4])]]);
+  const r = applyUpdate(state, g, cfg);
+  assert.equal(r.gradNorm, 5);
+  assert.equal(r.lr, 0.025);
+  const w = state.params.get('w')?.dataSync() as Float32Array;
+  assert.ok(
+    Math.abs((w[0] as number) - (1 - 0.025)) < 1e-6 && Math.abs((w[1] as number) - (-2 + 0.025)) < 1e-6,
+  );
+  const m = state.m.get('w')?.dataSync() as Float32Array;
+  assert.ok(Math.abs((m[0] as number) - 0.1 * 0.6) < 1e-7);
+  const e = state.ema.get('w')?.dataSync() as Float32Array;
+  // decay at n = 0 is min(0.9, 1/10) = 0.1
+  assert.ok(Math.abs((e[0] as number) - (0.1 * 1 + 0.9 * (w[0] as number))) < 1e-6);
+  assert.equal(state.step, 1);
+  disposeParams(g);
+});
+
+function tmp(): string {
+  return mkdtempSync(path.join(tmpdir(), 'ringdiff-train-'));
+}
+
+const SMALL = [
+  'model.hidden=16',
+  'model.time_embed_dim=16',
+  'train.global_batch=16',
+  'diffusion.timesteps=100',
+  'diffusion.timestep_sampler=loss-second-moment',
+  'diffusion.history_per_term=1',
+  'train.warmup_steps=2',
+];
+
+test('resume is exact: 3 steps + checkpoint + 3 steps equals 6 steps bit for bit', async () => {
+  const a = tmp();
+  const b = tmp();
+  try {
+    const full = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${a}`, 'train.steps=6']));
+    while (full.state.step < 6) trainStep(full);
+    const half = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.steps=6']));
+    while (half.state.step < 3) trainStep(half);
+    await saveCheckpoint(half);
+    closeJob(half);
+    const resumed = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.steps=6']));
+    assert.ok(resumed.resumedFrom?.endsWith('ckpt-3'));
+    while (resumed.state.step < 6) trainStep(resumed);
+    for (const k of ['params', 'ema', 'm', 'v'] as const) {
+      for (const name of sortedNames(full.state[k])) {
+        assert.deepEqual(
+          resumed.state[k].get(name)?.dataSync(),
+          full.state[k].get(name)?.dataSync(),
+          `${k} ${name}`,
+        );
+      }
+    }
+    assert.deepEqual(resumed.sampler.state(), full.sampler.state());
+    closeJob(full);
+    closeJob(resumed);
+    // A run-defining change is refused rather than silently mixing two runs.
+    await assert.rejects(
+      openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.lr=0.5'])),
+      /train\.lr/,
+    );
+  } finally {
+    rmSync(a, { recursive: true, force: true });
+    rmSync(b, { recursive: true, force: true });
+  }
+});
+
+test('many steps: tensor count stays flat and RSS does not grow', async () => {
+  const dir = tmp();
+  try {
+    const job = await openJob(
+      loadConfig(undefined, [...SMALL, `run.out_dir=${dir}`, 'train.steps=400', 'train.microbatch=6']),
+    );
+    for (let i = 0; i < 20; i++) trainStep(job);
+    const tensors = tf.memory().numTensors;
+    global.gc?.();
+    const rss0 = process.memoryUsage().rss;
+    for (let i = 0; i < 300; i++) {
+      trainStep(job);
+      assert.equal(tf.memory().numTensors, tensors, `tensor count changed at step ${job.state.step}`);
+    }
+    global.gc?.();
+    const grown = process.memoryUsage().rss - rss0;
+    assert.ok(grown < 40 * 2 ** 20, `RSS grew by ${(grown / 2 ** 20).toFixed(1)} MiB over 300 steps`);
+    closeJob(job);
+    assert.equal(tf.memory().numTensors, tensors - 4 * job.state.params.size);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
