@@ -12,6 +12,7 @@ export async function doctor(opts: { json?: boolean; backend?: string }): Promis
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     candidates: r.candidates,
+    native: r.native,
   };
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(report)}\n`);
@@ -26,6 +27,14 @@ export async function doctor(opts: { json?: boolean; backend?: string }): Promis
     lines.push(
       `  ${mark} ${c.name.padEnd(15)} ${c.package ?? '(built in)'}${c.reason ? `: ${c.reason}` : ''}`,
     );
+    const n = c.native;
+    if (n) {
+      lines.push(
+        n.built
+          ? `       native addon built; BLAS: ${n.blas ?? 'unknown'}; ${n.threads ?? '?'} thread(s) (RINGDIFF_THREADS)`
+          : `       native addon not available: ${n.reason ?? 'unknown reason'}`,
+      );
+    }
   }
   lines.push(
     `chosen: ${r.chosen}${r.forcedBy ? ` (forced by ${r.forcedBy === 'flag' ? '--backend' : 'RINGDIFF_BACKEND'})` : ''}`,

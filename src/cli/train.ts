@@ -110,6 +110,7 @@ export async function train(opts: TrainOptions): Promise<void> {
             grad_norm: r.gradNorm,
             lr: r.lr,
             samples_per_s: sps,
+            data_wait_ms: loader.lastWaitMs,
           },
           'step',
         );
@@ -126,6 +127,13 @@ export async function train(opts: TrainOptions): Promise<void> {
     log.info({ step: job.state.step, ...c }, 'checkpoint written');
     if (!stopping) await writeFinalSamples(job, log);
     log.info({ step: job.state.step }, stopping ? 'stopped' : 'done');
+    if (tty) {
+      const pic =
+        stopping || cfg.train.sample_count === 0 ? '' : `, samples in ${runPath(cfg, 'samples.png')}`;
+      process.stderr.write(
+        `${stopping ? 'stopped' : 'done'} at step ${job.state.step}: checkpoint ${c.dir}${pic}\n`,
+      );
+    }
   } finally {
     await loader.close();
     bar?.stop();

@@ -179,7 +179,7 @@ export async function initBackend(
   if (chosen.name === 'cpu' && native && !native.built && !opts.quiet) {
     // One line, not a log record: it must show even before logging is configured.
     process.stderr.write(
-      `ringdiff: warning: ${native.reason}; falling back to the pure-JS cpu backend (~100x slower)\n`,
+      `ringdiff: warning: ${native.reason}; falling back to the pure-JS cpu backend (training is 10-1000x slower)\n`,
     );
   }
   current = {
