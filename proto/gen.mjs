@@ -3,7 +3,7 @@
 // hand-edited): protobufjs static modules (.js + .d.ts, copied to dist/ for run time) and, for
 // every service, a typed @grpc/grpc-js ServiceDefinition (.ts) built from the same messages.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
@@ -36,6 +36,13 @@ for (const file of readdirSync(path.join(root, 'proto')).filter((f) => f.endsWit
     ],
     { stdio: 'inherit' },
   );
+  // 64-bit fields as plain numbers (steps and byte counts stay far below 2^53): without the
+  // optional 'long' package protobufjs decodes int64 to number, whatever --force-number does.
+  const code = readFileSync(js, 'utf8').replace(
+    'import $protobuf from "protobufjs/minimal.js";',
+    'import $protobuf from "protobufjs/minimal.js";\n$protobuf.util.Long = undefined;\n$protobuf.configure();',
+  );
+  writeFileSync(js, code);
   execFileSync(bin('pbts'), ['-o', path.join(out, `${base}.d.ts`), js], { stdio: 'inherit' });
   copyFileSync(js, path.join(dist, `${base}.js`));
 

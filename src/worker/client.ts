@@ -1,0 +1,77 @@
+/**
+ * The worker's side of the coordinator API: typed promise wrappers over the generated gRPC
+ * client, with the join token attached to every call.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
+import { ringdiff } from '../proto-gen/coordinator.js';
+
+import pb = ringdiff.v1;
+
+const ClientCtor = grpc.makeGenericClientConstructor(CoordinatorService, 'Coordinator');
+
+type Unary<Req, Res> = (
+  req: Req,
+  md: grpc.Metadata,
+  opts: grpc.CallOptions,
+  cb: (err: grpc.ServiceError | null, res?: Res) => void,
+) => grpc.ClientUnaryCall;
+
+/** A connection to the coordinator at `address` (host:port). */
+export class CoordinatorClient {
+  private readonly client: grpc.Client & Record<string, unknown>;
+
+  constructor(
+    readonly address: string,
+    private readonly token: string,
+    credentials = grpc.credentials.createInsecure(),
+    /** Deadline of unary calls, ms. */
+    private readonly timeoutMs = 10000,
+  ) {
+    this.client = new ClientCtor(address, credentials) as unknown as grpc.Client & Record<string, unknown>;
+  }
+
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.token) md.set('authorization', `Bearer ${this.token}`);
+    return md;
+  }
+
+  private call<Req, Res>(method: string, req: Req): Promise<Res> {
+    const fn = (this.client[method] as Unary<Req, Res>).bind(this.client);
+    return new Promise((resolve, reject) => {
+      fn(req, this.metadata(), { deadline: Date.now() + this.timeoutMs }, (err, res) =>
+        err ? reject(err) : resolve(res as Res),
+      );
+    });
+  }
+
+  register(r: pb.IRegisterRequest): Promise<pb.RegisterReply> {
+    return this.call('register', r);
+  }
+  heartbeat(r: pb.IHeartbeatRequest): Promise<pb.HeartbeatReply> {
+    return this.call('heartbeat', r);
+  }
+  report(r: pb.IStepReport): Promise<pb.ReportReply> {
+    return this.call('report', r);
+  }
+  reportFailure(r: pb.IFailureReport): Promise<pb.FailureReply> {
+    return this.call('reportFailure', r);
+  }
+  status(): Promise<pb.StatusReply> {
+    return this.call('status', {});
+  }
+
+  /** The stream of plans for this worker. */
+  plans(workerId: string): grpc.ClientReadableStream<pb.Plan> {
+    const fn = this.client.plans as (
+      req: pb.IPlansRequest,
+      md: grpc.Metadata,
+    ) => grpc.ClientReadableStream<pb.Plan>;
+    return fn.call(this.client, { workerId }, this.metadata());
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
