@@ -47,7 +47,7 @@ test('MLP on toy:8gaussians converges: ≥ 90 % of samples near a centre, each c
     ]);
     const job = await openJob(cfg);
     const t0 = Date.now();
-    while (job.state.step < cfg.train.steps) trainStep(job);
+    while (job.state.step < cfg.train.steps) await trainStep(job);
     const trainMs = Date.now() - t0;
     const x = drawSamples(job.model, job.state.ema, job.schedule, {
       count: 1000,

@@ -93,7 +93,7 @@ export async function train(opts: TrainOptions): Promise<void> {
     while (job.state.step < cfg.train.steps && !stopping) {
       const shard = await loader.get(job.state.step, 0, B);
       if (job.state.step + 1 < cfg.train.steps) loader.request(job.state.step + 1, 0, B);
-      const r = trainStep(job, shard);
+      const r = await trainStep(job, shard);
       lossAvg = Number.isNaN(lossAvg) ? r.loss : 0.95 * lossAvg + 0.05 * r.loss;
       const now = Date.now();
       if (bar) {

@@ -3,7 +3,6 @@
  * checkpoints and resume logic as the distributed trainer.
  */
 import * as path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import type { Config } from '../config/schema.js';
 import { openDataset } from '../data/spec.js';
@@ -21,7 +20,8 @@ import {
 } from '../model/params.js';
 import { scheduleFor, type Schedule } from '../model/schedule.js';
 import { createSampler, type SamplerState, type TimestepSampler } from '../model/timesteps.js';
-import { applyUpdate, disposeState, initialState, shardGradients, type TrainState } from '../model/train.js';
+import { disposeState, initialState, type TrainState } from '../model/train.js';
+import { fusedStep, type StepReport } from './step.js';
 import { latestValidCheckpoint, writeCheckpoint, type LoadedCheckpoint } from '../model/checkpoint.js';
 import type { Logger } from '../util/log.js';
 
@@ -159,53 +159,17 @@ export function loadShard(job: Job, step: number, from: number, to: number): Loa
   );
 }
 
-export interface StepReport {
-  step: number;
-  loss: number;
-  /** Mean raw loss per timestep quarter (NaN where no example fell). */
-  lossQuarters: number[];
-  gradNorm: number;
-  lr: number;
-  ms: number;
-}
-
-/** Mean of `losses` per quarter of [0, T) of their timesteps. */
-export function lossByQuarter(t: Int32Array, losses: Float32Array, T: number): number[] {
-  const sum = [0, 0, 0, 0];
-  const cnt = [0, 0, 0, 0];
-  t.forEach((ti, i) => {
-    const q = Math.min(3, Math.floor((4 * ti) / T));
-    sum[q] = (sum[q] as number) + (losses[i] as number);
-    cnt[q] = (cnt[q] as number) + 1;
-  });
-  return sum.map((s, q) => ((cnt[q] as number) > 0 ? s / (cnt[q] as number) : NaN));
-}
-
-/** Runs one full step of the job on this process (on `shard` when prefetched, else reading it now). */
-export function trainStep(job: Job, prefetched?: LoadedShard): StepReport {
-  const t0 = performance.now();
-  const { cfg, state } = job;
-  const step = state.step;
-  const shard = prefetched ?? loadShard(job, step, 0, cfg.train.global_batch);
-  const res = shardGradients(job.model, state.params, shard, {
-    seed: cfg.run.seed,
-    step,
-    globalBatch: cfg.train.global_batch,
-    schedule: job.schedule,
-    probs: job.sampler.probs(),
-    classDropout: cfg.model.class_dropout,
-    microbatch: cfg.train.microbatch,
-  });
-  const upd = applyUpdate(state, res.grads, cfg.train);
-  disposeParams(res.grads);
-  job.sampler.update(res.t, res.losses);
+/** Runs one full step of the whole batch on this process: the fused step of a world of one. */
+export async function trainStep(job: Job, prefetched?: LoadedShard): Promise<StepReport> {
+  const shard = prefetched ?? loadShard(job, job.state.step, 0, job.cfg.train.global_batch);
+  const r = await fusedStep(job, shard, async () => {});
   return {
-    step: state.step,
-    loss: res.loss,
-    lossQuarters: lossByQuarter(res.t, res.losses, job.schedule.T),
-    gradNorm: upd.gradNorm,
-    lr: upd.lr,
-    ms: performance.now() - t0,
+    step: r.step,
+    loss: r.loss,
+    lossQuarters: r.lossQuarters,
+    gradNorm: r.gradNorm,
+    lr: r.lr,
+    ms: r.ms,
   };
 }
 
