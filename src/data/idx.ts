@@ -166,6 +166,25 @@ export function readIdxHeader(bytes: Bytes, role: 'images' | 'labels'): IdxHeade
   return { dtype, dtypeName: type.name, itemBytes: type.bytes, dims, dataOffset };
 }
 
+/** Labels from `file` (read with `read`), checked to number exactly `n` for `imagesFile`. */
+export function readLabelsFile(
+  file: string,
+  read: (b: Bytes) => Int32Array,
+  n: number,
+  imagesFile: string,
+): Int32Array {
+  const lb = openBytes(file);
+  let labels: Int32Array;
+  try {
+    labels = read(lb);
+  } finally {
+    lb.close();
+  }
+  if (labels.length !== n)
+    throw new Error(`${file}: ${labels.length} labels for ${n} images in ${imagesFile}`);
+  return labels;
+}
+
 /** All values of an integer IDX labels file (1-D ubyte/byte/short/int), checked ≥ 0. */
 export function readIdxLabels(bytes: Bytes): Int32Array {
   const h = readIdxHeader(bytes, 'labels');
@@ -227,17 +246,7 @@ export function openIdx(imagesFile: string, labelsFile?: string, name = `idx:${i
       );
     const n = h.dims[0] as number;
     if (n === 0) throw new Error(`${imagesFile}: holds no examples (first dimension at offset 4 is 0)`);
-    let labels: Int32Array | null = null;
-    if (labelsFile !== undefined) {
-      const lb = openBytes(labelsFile);
-      try {
-        labels = readIdxLabels(lb);
-      } finally {
-        lb.close();
-      }
-      if (labels.length !== n)
-        throw new Error(`${labelsFile}: ${labels.length} labels for ${n} images in ${imagesFile}`);
-    }
+    const labels = labelsFile === undefined ? null : readLabelsFile(labelsFile, readIdxLabels, n, imagesFile);
     const values = shape.reduce((a, b) => a * b, 1);
     const exBytes = values * h.itemBytes;
     const labelOf = (i: number) => (labels ? (labels[i] as number) : -1);

@@ -3,7 +3,7 @@
  * versions 1–3 and reads one example per file read (by offset), so memory does not grow with N.
  */
 import { writeFileAtomic } from '../util/atomic.js';
-import { classCount, openBytes, type Bytes } from './idx.js';
+import { classCount, openBytes, readLabelsFile, type Bytes } from './idx.js';
 import type { RawExample, Source } from './preprocess.js';
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -197,17 +197,7 @@ export function openNpy(file: string, labelsFile?: string, name = `npy:${file}`)
     const n = dims[0] as number;
     if (n === 0) throw new Error(`${file}: holds no examples (shape [${dims.join(', ')}])`);
     const shape = dims.length === 3 ? [dims[1] as number, dims[2] as number, 1] : dims.slice(1);
-    let labels: Int32Array | null = null;
-    if (labelsFile !== undefined) {
-      const lb = openBytes(labelsFile);
-      try {
-        labels = readNpyLabels(lb);
-      } finally {
-        lb.close();
-      }
-      if (labels.length !== n)
-        throw new Error(`${labelsFile}: ${labels.length} labels for ${n} images in ${file}`);
-    }
+    const labels = labelsFile === undefined ? null : readLabelsFile(labelsFile, readNpyLabels, n, file);
     const values = shape.reduce((a, b) => a * b, 1);
     const exBytes = values * (u8 ? 1 : 4);
     const labelOf = (i: number) => (labels ? (labels[i] as number) : -1);
