@@ -22,7 +22,12 @@ import { scheduleFor, type Schedule } from '../model/schedule.js';
 import { createSampler, type SamplerState, type TimestepSampler } from '../model/timesteps.js';
 import { disposeState, initialState, type TrainState } from '../model/train.js';
 import { fusedStep, type StepReport } from './step.js';
-import { latestValidCheckpoint, writeCheckpoint, type LoadedCheckpoint } from '../model/checkpoint.js';
+import {
+  latestValidCheckpoint,
+  writeCheckpoint,
+  type CheckpointParts,
+  type LoadedCheckpoint,
+} from '../model/checkpoint.js';
 import type { Logger } from '../util/log.js';
 
 /** Keys whose change would make a resumed run a different run. */
@@ -126,24 +131,53 @@ export function stateFromCheckpoint(c: LoadedCheckpoint): TrainState {
   };
 }
 
-/** Writes the checkpoint of the job's current step. */
-export async function saveCheckpoint(job: Job): Promise<{ dir: string; bytes: number; ms: number }> {
+/** A host copy of everything a step changes: tensors by part, and the JSON state. */
+export interface Snapshot {
+  parts: CheckpointParts;
+  state: Record<string, unknown> & { step: number };
+}
+
+/** Copies the job's current state to host memory (training can go on while it is written or sent). */
+export async function snapshot(job: Job): Promise<Snapshot> {
   const { state } = job;
   const optimizer = new Map<string, HostTensor>();
   for (const [n, t] of await paramsToHost(state.m)) optimizer.set(`m.${n}`, t);
   for (const [n, t] of await paramsToHost(state.v)) optimizer.set(`v.${n}`, t);
-  const res = await writeCheckpoint(
-    job.cfg.run.out_dir,
-    state.step,
-    { model: await paramsToHost(state.params), ema: await paramsToHost(state.ema), optimizer },
-    {
+  return {
+    parts: { model: await paramsToHost(state.params), ema: await paramsToHost(state.ema), optimizer },
+    state: {
       step: state.step,
       config: job.cfg,
       sampler: job.sampler.state(),
       cursor: job.batches.cursor(state.step),
-      data_shape: job.model.dataShape,
+      data_shape: [...job.model.dataShape],
       tfjs: tf.version.tfjs,
     },
+  };
+}
+
+/** Replaces the job's state (weights, EMA, moments, sampler table) by a snapshot's. */
+export function restoreSnapshot(job: Job, snap: Snapshot): void {
+  const next = stateFromCheckpoint({ ...snap.parts, step: snap.state.step, dir: '', state: snap.state });
+  disposeState(job.state);
+  job.state = next;
+  const c = job.cfg.diffusion;
+  job.sampler = createSampler(
+    c.timestep_sampler,
+    c.timesteps,
+    { historyPerTerm: c.history_per_term, uniformProb: c.uniform_prob },
+    snap.state.sampler as SamplerState,
+  );
+}
+
+/** Writes the checkpoint of the job's current step. */
+export async function saveCheckpoint(job: Job): Promise<{ dir: string; bytes: number; ms: number }> {
+  const snap = await snapshot(job);
+  const res = await writeCheckpoint(
+    job.cfg.run.out_dir,
+    snap.state.step,
+    snap.parts,
+    snap.state,
     job.cfg.train.keep_checkpoints,
   );
   return { dir: res.dir, bytes: res.bytes, ms: res.ms };
