@@ -127,24 +127,50 @@ export async function fusedStep(
   const t1 = performance.now();
   await allReduce(fused);
   const t2 = performance.now();
-  const grads = unpackGradients(layout, fused);
+  const c = commitReduced(job, fused);
+  const t3 = performance.now();
+  return {
+    step: state.step,
+    loss: c.loss,
+    lossQuarters: c.lossQuarters,
+    gradNorm: c.gradNorm,
+    lr: c.lr,
+    ms: t3 - t0,
+    reduced: fused,
+    timings: { forwardBackwardMs: t1 - t0, allreduceMs: t2 - t1, optimizerMs: t3 - t2 },
+  };
+}
+
+/**
+ * Commits step `job.state.step` from its reduced fused buffer: the identical optimizer update, EMA
+ * and sampler update on every worker. Also how a worker that missed the end of a step's all-reduce
+ * catches up from a peer's copy of the buffer (roll forward).
+ */
+export function commitReduced(
+  job: Job,
+  reduced: Float32Array,
+): Pick<StepReport, 'loss' | 'lossQuarters' | 'gradNorm' | 'lr'> {
+  const { cfg, state } = job;
+  const step = state.step;
+  const B = cfg.train.global_batch;
+  const probs = job.sampler.probs();
+  const layout = fusedLayout(state.params, B);
+  if (reduced.length !== layout.total) {
+    throw new Error(`reduced buffer of step ${step} has ${reduced.length} values, expected ${layout.total}`);
+  }
+  const grads = unpackGradients(layout, reduced);
   const upd = applyUpdate(state, grads, cfg.train);
   disposeParams(grads);
   // Every worker recomputes every example's timestep: the draw is a pure function of (seed, step, j, p).
   const all = drawTimesteps(probs, cfg.run.seed, step, B, 0, B);
-  const losses = fused.subarray(layout.gradSize, layout.total);
+  const losses = reduced.subarray(layout.gradSize, layout.total);
   job.sampler.update(all.t, losses);
   let loss = 0;
   for (let j = 0; j < B; j++) loss += ((all.weights[j] as number) * (losses[j] as number)) / B;
-  const t3 = performance.now();
   return {
-    step: state.step,
     loss,
     lossQuarters: lossByQuarter(all.t, Float32Array.from(losses), job.schedule.T),
     gradNorm: upd.gradNorm,
     lr: upd.lr,
-    ms: t3 - t0,
-    reduced: fused,
-    timings: { forwardBackwardMs: t1 - t0, allreduceMs: t2 - t1, optimizerMs: t3 - t2 },
   };
 }
