@@ -65,6 +65,29 @@ export async function main(argv: string[]): Promise<void> {
       await doctor(o);
     });
 
+  const bench = program.command('bench').description('benchmarks of the product itself');
+  bench
+    .command('allreduce')
+    .description(
+      'ring all-reduce over N local processes: time per call, algbw, busbw (nccl-tests conventions)',
+    )
+    .option('--ranks <n>', 'processes in the ring', '2')
+    .option('--sizes <list>', 'buffer sizes, e.g. 1M,4M,16M,64M (bytes, K/M/G suffixes)', '1M,4M,16M,64M')
+    .option('--iters <k>', 'timed calls per size', '10')
+    .option('--warmup <k>', 'untimed calls per size first', '2')
+    .option('--compression <c>', 'none or fp16 (fp16 on the wire, fp32 accumulation)', 'none')
+    .option('--encryption <e>', 'none or curve (ZeroMQ CURVE with generated keys)', 'none')
+    .option('--transport <t>', 'auto (ipc on one host), ipc or tcp', 'auto')
+    .option('--chunk <size>', 'bytes per pipelined chunk')
+    .option('--timeout <ms>', 'ring timeout')
+    .option('--no-p2p', 'skip the raw point-to-point measurement')
+    .option('--no-check', 'skip the check against the reference sum')
+    .option('--json', 'print one JSON document')
+    .action(async (o) => {
+      const { benchAllreduce } = await import('./bench.js');
+      await benchAllreduce(o);
+    });
+
   const data = program.command('data').description('dataset tools');
   data
     .command('inspect <spec>')

@@ -1,0 +1,146 @@
+/**
+ * Ring wire format.
+ *
+ * Every ZeroMQ message on a ring link (PUSH of rank r → PULL of rank r+1) has exactly two frames:
+ *
+ * 1. a header, the protobuf message `ringdiff.v1.RingHeader` of `proto/ring.proto`
+ *    (loaded at run time with protobufjs): job id, generation, collective sequence number `seq`,
+ *    ring `step`, `phase`, `chunk` index, `sender` rank, payload `encoding` and element `count`,
+ *    the collective's `length` in elements, the number of `chunks` in this segment, and the
+ *    broadcast `root`;
+ * 2. the payload: `count` little-endian float32 (`F32`), IEEE binary16 (`F16`) values or bytes
+ *    (`BYTES`); for `ABORT` a UTF-8 reason; empty for `DONE`.
+ *
+ * A receiver drops (and counts, see `RingCounters`) any message that is not two frames, whose
+ * header does not decode or has out-of-range enums, whose payload size does not match
+ * `count × element size`, whose job id differs, or whose generation differs from its own.
+ */
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+
+/** Mirrors `ringdiff.v1.RingPhase`. */
+export const Phase = {
+  REDUCE_SCATTER: 1,
+  ALL_GATHER: 2,
+  BROADCAST: 3,
+  GATHER: 4,
+  DONE: 5,
+  ABORT: 6,
+} as const;
+export type Phase = (typeof Phase)[keyof typeof Phase];
+
+/** Mirrors `ringdiff.v1.RingEncoding`. */
+export const Encoding = { F32: 0, F16: 1, BYTES: 2 } as const;
+export type Encoding = (typeof Encoding)[keyof typeof Encoding];
+
+/** Bytes per element of each encoding. */
+export const ELEMENT_BYTES: Record<Encoding, number> = { 0: 4, 1: 2, 2: 1 };
+
+export interface FrameHeader {
+  jobId: string;
+  generation: number;
+  seq: number;
+  step: number;
+  phase: Phase;
+  chunk: number;
+  sender: number;
+  encoding: Encoding;
+  count: number;
+  length: number;
+  chunks: number;
+  root: number;
+}
+
+/** Where `proto/ring.proto` lives relative to this module (dist/src/allreduce or src/allreduce). */
+function protoPath(): string {
+  return fileURLToPath(new URL('../../../proto/ring.proto', import.meta.url));
+}
+
+let headerType: protobuf.Type | undefined;
+
+function type(): protobuf.Type {
+  if (!headerType) {
+    let root: protobuf.Root;
+    try {
+      root = protobuf.loadSync(protoPath());
+    } catch {
+      // Running from src/ (one level less deep than dist/src/).
+      root = protobuf.loadSync(fileURLToPath(new URL('../../proto/ring.proto', import.meta.url)));
+    }
+    headerType = root.lookupType('ringdiff.v1.RingHeader');
+  }
+  return headerType;
+}
+
+/** Encodes a header frame (a Buffer, as zeromq.js needs for binary frames). */
+export function encodeHeader(h: FrameHeader): Buffer {
+  const u8 = type().encode(h).finish();
+  return Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+const PHASES = new Set<number>(Object.values(Phase));
+const U32_MAX = 0xffffffff;
+
+function isU32(x: unknown): x is number {
+  return typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= U32_MAX;
+}
+
+/** Decodes and validates a header frame; null if it is malformed. Never throws. */
+export function decodeHeader(buf: Uint8Array): FrameHeader | null {
+  let m: Record<string, unknown>;
+  try {
+    m = type().decode(buf) as unknown as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+  const h: FrameHeader = {
+    jobId: m.jobId as string,
+    generation: m.generation as number,
+    seq: m.seq as number,
+    step: m.step as number,
+    phase: m.phase as Phase,
+    chunk: m.chunk as number,
+    sender: m.sender as number,
+    encoding: m.encoding as Encoding,
+    count: m.count as number,
+    length: m.length as number,
+    chunks: m.chunks as number,
+    root: m.root as number,
+  };
+  if (typeof h.jobId !== 'string' || h.jobId.length === 0) return null;
+  if (!PHASES.has(h.phase)) return null;
+  if (h.encoding !== Encoding.F32 && h.encoding !== Encoding.F16 && h.encoding !== Encoding.BYTES)
+    return null;
+  for (const k of [
+    'generation',
+    'seq',
+    'step',
+    'chunk',
+    'sender',
+    'count',
+    'length',
+    'chunks',
+    'root',
+  ] as const)
+    if (!isU32(h[k])) return null;
+  return h;
+}
+
+/** A decoded, size-checked message. */
+export interface Frame {
+  header: FrameHeader;
+  payload: Buffer;
+}
+
+export type DecodeResult = { ok: true; frame: Frame } | { ok: false; reason: 'parts' | 'header' | 'payload' };
+
+/** Splits and checks a received multipart message. Never throws. */
+export function decodeMessage(parts: Buffer[]): DecodeResult {
+  if (parts.length !== 2) return { ok: false, reason: 'parts' };
+  const [hb, payload] = parts as [Buffer, Buffer];
+  const header = decodeHeader(hb);
+  if (!header) return { ok: false, reason: 'header' };
+  if (header.phase !== Phase.ABORT && payload.byteLength !== header.count * ELEMENT_BYTES[header.encoding])
+    return { ok: false, reason: 'payload' };
+  return { ok: true, frame: { header, payload } };
+}

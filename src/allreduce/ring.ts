@@ -1,0 +1,1329 @@
+/**
+ * Ring collectives over ZeroMQ: all-reduce (sum / mean), broadcast and all-gather among the N ranks
+ * of one generation.
+ *
+ * ## Topology and transport
+ * Rank r binds a PULL socket at `bindAddress` and connects a PUSH socket to the address its
+ * successor (r+1 mod N) bound. ZeroMQ keeps the frames of one connection in order, so everything
+ * rank r receives from its predecessor arrives in the order it was sent. A background loop
+ * receives, decodes and filters every message (see `frame.ts` for the wire format and what is
+ * dropped), and feeds the collective in progress, frame by frame, synchronously; sends go through a
+ * FIFO with one zeromq.js send in flight at a time (zeromq.js allows no more per socket).
+ * `pickAddress` chooses ipc:// for peers on the same host and tcp:// otherwise.
+ *
+ * ## All-reduce (bandwidth-optimal ring, pipelined)
+ * The buffer of L elements is cut into N segments (segment k = [⌊kL/N⌋, ⌊(k+1)L/N⌋)) and each
+ * segment into chunks of `chunkBytes / 4` elements (at least one chunk per segment, possibly
+ * empty). 2(N−1) steps each move one segment per link: reduce-scatter steps s = 0…N−2 (rank r
+ * sends segment r−s, receives r−s−1 and adds its own contribution *into the received frame*,
+ * which it then forwards unchanged — no copy; at the last one it adds the received frame into its
+ * own buffer, which then holds the final value of that segment), then all-gather steps (rank r
+ * starts with segment r+1, which it owns, and copies every segment it receives into its buffer
+ * and forwards the same frame). Every chunk is forwarded as soon as it is processed, so sending,
+ * receiving and adding overlap along the whole ring. A DONE frame to the successor ends the
+ * call. The sum of segment k is always formed in the order ((x_k + x_{k+1}) + x_{k+2}) + …
+ * (indices mod N; the chunk size does not matter), so within a generation (same ranks, same
+ * order) results are bit-reproducible and bit-identical on every rank. `mean` divides the float32
+ * sum by N once, at the owner, before the all-gather.
+ *
+ * With `compression: 'fp16'` the payloads are IEEE binary16: each hop adds in float32 and rounds
+ * the partial sum to fp16 for the wire; the owner keeps the fp16-rounded final value, so every
+ * rank still ends with identical bits.
+ *
+ * ## Buffers and copies
+ * Frames are sent zero-copy: ZeroMQ references the memory until its I/O thread has written it.
+ * Two kinds of frames are sent from the caller's buffer: the rank's own segment (reduce-scatter
+ * step 0) and the segment it owns (all-gather step 0); every other send forwards a received frame.
+ * `allReduce` resolves only after the predecessor's DONE, which the predecessor sends once it
+ * holds the whole result — by then the successor has consumed both kinds (the final value of
+ * every segment passed through it), so no send of the caller's memory is pending and the caller
+ * may reuse the buffer at once. Per rank and call, the data is touched by: one float32 add of
+ * (N−1)/N of it (into received frames, or into the caller's buffer at the last step) and one copy
+ * of (N−1)/N of it (all-gather, received frame → caller's buffer), besides ZeroMQ's own copies
+ * into and out of the kernel.
+ *
+ * ZeroMQ allocates every received frame with malloc: processes that run a ring should be started
+ * with `RING_MALLOC_ENV` (bench.ts) in their environment, or glibc may hand out fresh pages (and
+ * page faults) for every frame.
+ *
+ * ## Failure semantics
+ * Every call rejects with a `RingError` (see `errors.ts`): `RingTimeoutError` when no frame
+ * arrives from the predecessor for `timeoutMs` while the call waits for one, `RingAbortedError`
+ * when another rank gave up (ranks that fail send an ABORT frame to their successor, which
+ * forwards it once around the ring, so survivors learn of a failure quickly), `RingProtocolError`
+ * when the ranks' calls do not match, `RingClosedError` when the ring is closed. After any of them
+ * the generation is broken: later calls reject with `RingBrokenError`; close it and open a new
+ * generation (possibly with different peers, in the same process). `close()` is graceful on a
+ * healthy ring (a last barrier, so that no rank leaves with undelivered frames; see `close`).
+ *
+ * What the caller's buffer holds after a rejected `allReduce`: each element holds either its
+ * input value or its final reduced value (never a partial sum); which ones is unspecified. Keep a
+ * copy of the input if you need it after a failure. A rejected `broadcast` leaves a prefix of the
+ * root's data in the buffer of non-root ranks. `allGather` never writes into its argument.
+ */
+import * as zmq from 'zeromq';
+import {
+  RingAbortedError,
+  RingBrokenError,
+  RingClosedError,
+  RingConfigError,
+  RingError,
+  RingProtocolError,
+  RingTimeoutError,
+} from './errors.js';
+import { Encoding, Phase, decodeMessage, encodeHeader, type Frame, type FrameHeader } from './frame.js';
+import { kernels } from './reduce.js';
+
+export type ReduceOp = 'sum' | 'mean';
+
+/** CURVE keys (Z85 strings of 40 characters, e.g. from `zmq.curveKeyPair()`). */
+export interface CurveKeys {
+  /** This rank's long-term key pair. */
+  publicKey: string;
+  secretKey: string;
+  /** Public key of the successor (the CURVE server this rank connects to). */
+  successorPublicKey: string;
+  /**
+   * Public key(s) of the client(s) allowed to connect to this rank's PULL socket — normally the
+   * predecessor's. A ZAP handler rejects every other client during the handshake, so a peer
+   * without an allowed key cannot deliver any frame.
+   */
+  allowedClientKeys: string | string[];
+}
+
+export interface RingOptions {
+  /** Job id carried in every frame; frames of other jobs are dropped. */
+  jobId: string;
+  rank: number;
+  worldSize: number;
+  /** Membership generation; frames of any other generation are dropped. */
+  generation: number;
+  /** ZeroMQ endpoint(s) this rank's PULL socket binds, e.g. `tcp://127.0.0.1:7001`, `ipc:///tmp/r0`. */
+  bindAddress: string | string[];
+  /** Endpoint the successor bound (choose with `pickAddress`). */
+  successorAddress: string;
+  /** Bytes of float32 data per chunk (fp16 sends half as many bytes). Default 1 MiB. */
+  chunkBytes?: number;
+  /** Reject when no frame arrives for this long while a call waits for one. Default 30 s. */
+  timeoutMs?: number;
+  /** Wire encoding of all-reduce payloads. Default 'none' (float32). */
+  compression?: 'none' | 'fp16';
+  /** 'curve' needs `curve`. Default 'none'. */
+  encryption?: 'none' | 'curve';
+  curve?: CurveKeys;
+  /** How long `close()` waits for the other ranks to close too (graceful close). Default 2000 ms. */
+  closeLingerMs?: number;
+  /** SO_SNDBUF / SO_RCVBUF in bytes (0: the OS default). Default 0. */
+  socketBufferBytes?: number;
+  /** Diagnostic hook: called with every accepted data frame before it is processed. */
+  onFrame?: (h: FrameHeader) => void;
+}
+
+export interface RingCounters {
+  /** Messages handed to ZeroMQ and their payload bytes. */
+  framesSent: number;
+  bytesSent: number;
+  /** Accepted messages (right job and generation, well-formed) and their payload bytes. */
+  framesReceived: number;
+  bytesReceived: number;
+  dropped: {
+    /** Another job id. */
+    foreignJob: number;
+    /** An older generation. */
+    staleGeneration: number;
+    /** A newer generation (this rank is probably fenced). */
+    futureGeneration: number;
+    /** Not two frames, undecodable header, bad enum, payload size ≠ count × element size. */
+    malformed: number;
+    /** Right job and generation but not the frame the collective expects (wrong seq) or after a failure. */
+    unexpected: number;
+  };
+  /** CURVE clients refused by the ZAP handler. */
+  authDenied: number;
+  /** Collectives completed. */
+  completed: number;
+}
+
+/** Endpoints a rank advertises: the ring connects over ipc:// when both ranks share a host. */
+export interface PeerEndpoints {
+  hostId: string;
+  tcp: string;
+  ipc?: string;
+}
+
+/** ipc:// when the peer is on the same host and offers it, tcp:// otherwise. */
+export function pickAddress(selfHostId: string, peer: PeerEndpoints): string {
+  return peer.ipc && peer.hostId === selfHostId ? peer.ipc : peer.tcp;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared ZeroMQ context and ZAP handler
+
+let sharedContext: zmq.Context | undefined;
+
+/** The context every ring socket lives in (I/O threads: env RINGDIFF_ZMQ_IO_THREADS, default 1). */
+export function ringContext(): zmq.Context {
+  if (!sharedContext) {
+    const io = Number(process.env.RINGDIFF_ZMQ_IO_THREADS ?? 1);
+    sharedContext = new zmq.Context({ blocky: true, ioThreads: Number.isInteger(io) && io > 0 ? io : 1 });
+  }
+  return sharedContext;
+}
+
+interface ZapDomain {
+  allowed: Set<string>;
+  denied: number;
+}
+
+const zapDomains = new Map<string, ZapDomain>();
+let zapSocket: zmq.Reply | undefined;
+let zapUsers = 0;
+let zapSeq = 0;
+
+const Z85_CHARS = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+
+/** Z85 encoding (ZeroMQ RFC 32) of a byte string whose length is a multiple of 4. */
+export function z85Encode(data: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < data.length; i += 4) {
+    let v =
+      ((data[i] as number) * 2 ** 24 +
+        ((data[i + 1] as number) << 16) +
+        ((data[i + 2] as number) << 8) +
+        (data[i + 3] as number)) >>>
+      0;
+    let s = '';
+    for (let j = 0; j < 5; j++) {
+      s = (Z85_CHARS[v % 85] as string) + s;
+      v = Math.floor(v / 85);
+    }
+    out += s;
+  }
+  return out;
+}
+
+async function zapLoop(sock: zmq.Reply): Promise<void> {
+  for (;;) {
+    let req: Buffer[];
+    try {
+      req = await sock.receive();
+    } catch {
+      return; // closed
+    }
+    const version = req[0]?.toString() ?? '1.0';
+    const requestId = req[1] ?? Buffer.alloc(0);
+    const domain = req[2]?.toString() ?? '';
+    const mechanism = req[5]?.toString() ?? '';
+    const key = req[6];
+    const d = zapDomains.get(domain);
+    let ok = false;
+    if (d && mechanism === 'CURVE' && key && key.length === 32) ok = d.allowed.has(z85Encode(key));
+    if (!ok && d) d.denied++;
+    try {
+      await sock.send([
+        version,
+        requestId,
+        ok ? '200' : '400',
+        ok ? 'OK' : 'not an allowed ring peer',
+        '',
+        '',
+      ]);
+    } catch {
+      return;
+    }
+  }
+}
+
+async function zapRegister(allowed: string[]): Promise<string> {
+  const domain = `ringdiff-${process.pid}-${++zapSeq}`;
+  zapDomains.set(domain, { allowed: new Set(allowed), denied: 0 });
+  zapUsers++;
+  if (!zapSocket) {
+    const sock = new zmq.Reply({ context: ringContext(), linger: 0 });
+    await sock.bind('inproc://zeromq.zap.01');
+    zapSocket = sock;
+    void zapLoop(sock);
+  }
+  return domain;
+}
+
+function zapUnregister(domain: string): void {
+  if (!zapDomains.delete(domain)) return;
+  zapUsers--;
+  if (zapUsers === 0 && zapSocket) {
+    zapSocket.close();
+    zapSocket = undefined;
+  }
+}
+
+/**
+ * Binds, retrying for up to 2 s while the address is still held by a socket this process just
+ * closed (ZeroMQ releases it asynchronously) — so a new generation can reuse its address at once.
+ */
+async function bindWithRetry(sock: zmq.Pull, address: string): Promise<void> {
+  const until = performance.now() + 2000;
+  for (;;) {
+    try {
+      await sock.bind(address);
+      return;
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'EADDRINUSE' || performance.now() > until) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment / chunk layout
+
+/** Segment and chunk boundaries of an N-way split of L elements. */
+class Layout {
+  constructor(
+    readonly length: number,
+    readonly n: number,
+    readonly chunkElems: number,
+  ) {}
+  segStart(k: number): number {
+    return Math.floor((k * this.length) / this.n);
+  }
+  segLen(k: number): number {
+    return this.segStart(k + 1) - this.segStart(k);
+  }
+  chunks(k: number): number {
+    return Math.max(1, Math.ceil(this.segLen(k) / this.chunkElems));
+  }
+  /** [lo, hi) of chunk c of segment k, in buffer elements. */
+  chunk(k: number, c: number): [number, number] {
+    const s = this.segStart(k);
+    const e = this.segStart(k + 1);
+    const lo = Math.min(e, s + c * this.chunkElems);
+    return [lo, Math.min(e, lo + this.chunkElems)];
+  }
+}
+
+const mod = (a: number, n: number) => ((a % n) + n) % n;
+
+function f32View(b: Buffer): Float32Array {
+  if (b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  const c = new Float32Array(b.byteLength / 4);
+  new Uint8Array(c.buffer).set(b);
+  return c;
+}
+
+function u16View(b: Buffer): Uint16Array {
+  if (b.byteOffset % 2 === 0) return new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
+  const c = new Uint16Array(b.byteLength / 2);
+  new Uint8Array(c.buffer).set(b);
+  return c;
+}
+
+function bytesOf(v: ArrayBufferView): Buffer {
+  return Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collectives in progress
+
+/** A collective in progress: consumes the predecessor's frames in order. */
+interface Op {
+  readonly seq: number;
+  readonly name: string;
+  /** Sends the first frames. */
+  start(): void;
+  /** Processes the next frame from the predecessor (already checked: job, generation, seq). */
+  handle(f: Frame): void;
+  /** What it waits for (for error messages). */
+  waitingFor(): string;
+  done: boolean;
+  resolve(): void;
+  reject(e: RingError): void;
+}
+
+const DEFAULT_CHUNK_BYTES = 1 << 20;
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+export class Ring {
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly generation: number;
+  readonly jobId: string;
+  readonly successorAddress: string;
+  readonly bindAddresses: readonly string[];
+  readonly chunkBytes: number;
+  readonly timeoutMs: number;
+  readonly compression: 'none' | 'fp16';
+  readonly encryption: 'none' | 'curve';
+
+  private readonly counters: RingCounters = {
+    framesSent: 0,
+    bytesSent: 0,
+    framesReceived: 0,
+    bytesReceived: 0,
+    dropped: { foreignJob: 0, staleGeneration: 0, futureGeneration: 0, malformed: 0, unexpected: 0 },
+    authDenied: 0,
+    completed: 0,
+  };
+  private push: zmq.Push | undefined;
+  private pull: zmq.Pull | undefined;
+  private zapDomain: string | undefined;
+  private readonly closeLingerMs: number;
+  private readonly socketBufferBytes: number;
+  private readonly onFrame: ((h: FrameHeader) => void) | undefined;
+  private readonly curve: CurveKeys | undefined;
+
+  private nextSeq = 0;
+  private tail: Promise<unknown> = Promise.resolve();
+  private op: Op | null = null;
+  private inbox: Frame[] = [];
+  private inboxHead = 0;
+  private sendQ: Array<[Buffer, Buffer] | undefined> = [];
+  private sendHead = 0;
+  private pumping = false;
+  private pumpIdle: Array<() => void> = [];
+  private broken: RingError | null = null;
+  private closed = false;
+  private lastProgress = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private recvDone: Promise<void> = Promise.resolve();
+
+  private constructor(o: RingOptions) {
+    const intIn = (name: string, v: unknown, lo: number, hi: number) => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi)
+        throw new RingConfigError(`${name} must be an integer in [${lo}, ${hi}], got ${String(v)}`);
+      return v;
+    };
+    this.worldSize = intIn('worldSize', o.worldSize, 1, 65535);
+    this.rank = intIn('rank', o.rank, 0, this.worldSize - 1);
+    this.generation = intIn('generation', o.generation, 0, 0xffffffff);
+    if (typeof o.jobId !== 'string' || o.jobId.length === 0)
+      throw new RingConfigError('jobId must be a non-empty string');
+    this.jobId = o.jobId;
+    this.bindAddresses = typeof o.bindAddress === 'string' ? [o.bindAddress] : [...o.bindAddress];
+    if (this.bindAddresses.length === 0) throw new RingConfigError('bindAddress is empty');
+    this.successorAddress = o.successorAddress;
+    this.chunkBytes = intIn('chunkBytes', o.chunkBytes ?? DEFAULT_CHUNK_BYTES, 4, 1 << 30);
+    this.timeoutMs = intIn('timeoutMs', o.timeoutMs ?? DEFAULT_TIMEOUT_MS, 1, 2 ** 31 - 1);
+    this.closeLingerMs = intIn('closeLingerMs', o.closeLingerMs ?? 2000, 0, 2 ** 31 - 1);
+    this.socketBufferBytes = intIn('socketBufferBytes', o.socketBufferBytes ?? 0, 0, 2 ** 31 - 1);
+    this.compression = o.compression ?? 'none';
+    if (this.compression !== 'none' && this.compression !== 'fp16')
+      throw new RingConfigError(`compression must be 'none' or 'fp16'`);
+    this.encryption = o.encryption ?? 'none';
+    if (this.encryption !== 'none' && this.encryption !== 'curve')
+      throw new RingConfigError(`encryption must be 'none' or 'curve'`);
+    if (this.encryption === 'curve') {
+      const c = o.curve;
+      const z = (s: unknown) => typeof s === 'string' && s.length === 40;
+      if (!c || !z(c.publicKey) || !z(c.secretKey) || !z(c.successorPublicKey))
+        throw new RingConfigError(
+          'encryption curve needs curve.{publicKey, secretKey, successorPublicKey} (Z85, 40 chars)',
+        );
+      const allowed = typeof c.allowedClientKeys === 'string' ? [c.allowedClientKeys] : c.allowedClientKeys;
+      if (!Array.isArray(allowed) || allowed.length === 0 || !allowed.every(z))
+        throw new RingConfigError('encryption curve needs curve.allowedClientKeys (Z85, 40 chars each)');
+      this.curve = c;
+    }
+    if (
+      this.worldSize > 1 &&
+      (typeof this.successorAddress !== 'string' || this.successorAddress.length === 0)
+    )
+      throw new RingConfigError('successorAddress is required when worldSize > 1');
+    this.onFrame = o.onFrame;
+  }
+
+  /**
+   * Binds this rank's PULL socket and connects its PUSH socket to the successor. Does not wait for
+   * the peers: the first collective does (within `timeoutMs`). With worldSize 1 no socket is opened.
+   */
+  static async open(options: RingOptions): Promise<Ring> {
+    const ring = new Ring(options);
+    await ring.init();
+    return ring;
+  }
+
+  private async init(): Promise<void> {
+    if (this.worldSize === 1) return;
+    const context = ringContext();
+    const sb = this.socketBufferBytes;
+    const pull = new zmq.Pull({
+      context,
+      linger: 0,
+      receiveHighWaterMark: 0,
+      ...(sb > 0 ? { receiveBufferSize: sb } : {}),
+    });
+    const push = new zmq.Push({
+      context,
+      linger: 0,
+      sendHighWaterMark: 0,
+      ...(sb > 0 ? { sendBufferSize: sb } : {}),
+    });
+    if (this.curve) {
+      const allowed =
+        typeof this.curve.allowedClientKeys === 'string'
+          ? [this.curve.allowedClientKeys]
+          : this.curve.allowedClientKeys;
+      this.zapDomain = await zapRegister(allowed);
+      pull.zapDomain = this.zapDomain;
+      pull.curveServer = true;
+      pull.curveSecretKey = this.curve.secretKey;
+      push.curveServerKey = this.curve.successorPublicKey;
+      push.curvePublicKey = this.curve.publicKey;
+      push.curveSecretKey = this.curve.secretKey;
+    }
+    try {
+      for (const a of this.bindAddresses) await bindWithRetry(pull, a);
+      push.connect(this.successorAddress);
+    } catch (e) {
+      pull.close();
+      push.close();
+      if (this.zapDomain) zapUnregister(this.zapDomain);
+      throw new RingConfigError(
+        `cannot bind ${this.bindAddresses.join(', ')} / connect ${this.successorAddress}: ${(e as Error).message}`,
+      );
+    }
+    this.pull = pull;
+    this.push = push;
+    this.recvDone = this.receiveLoop(pull);
+  }
+
+  /** A snapshot of the counters. */
+  stats(): RingCounters {
+    const c = this.counters;
+    const d = this.zapDomain ? zapDomains.get(this.zapDomain) : undefined;
+    if (d) c.authDenied = d.denied;
+    return { ...c, dropped: { ...c.dropped } };
+  }
+
+  /** The first error of this generation, or null while it is healthy. */
+  get failure(): RingError | null {
+    return this.broken;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Public collectives
+
+  /**
+   * In-place all-reduce of `buf` over all ranks. Every rank must call it with the same length and
+   * op, in the same order relative to the ring's other collectives. Resolves when this rank holds
+   * the result (bit-identical on every rank). See the module comment for failure semantics.
+   */
+  allReduce(buf: Float32Array, opts: { op?: ReduceOp } = {}): Promise<void> {
+    const op = opts.op ?? 'sum';
+    if (!(buf instanceof Float32Array))
+      return Promise.reject(new RingConfigError('allReduce needs a Float32Array'));
+    if (op !== 'sum' && op !== 'mean') return Promise.reject(new RingConfigError(`unknown op ${String(op)}`));
+    if (buf.length > 0xffffffff) return Promise.reject(new RingConfigError('buffer too long'));
+    return this.enqueue(
+      (seq, settle) => new AllReduceOp(this, seq, buf, op === 'mean' ? this.worldSize : 1, settle),
+    );
+  }
+
+  /**
+   * Broadcast of `buf` (any typed array, sent as bytes) from `root` to every rank, in place.
+   * Resolves on the root once the last rank holds the data; on the others once they hold it.
+   */
+  broadcast(buf: ArrayBufferView, root = 0): Promise<void> {
+    if (!ArrayBuffer.isView(buf)) return Promise.reject(new RingConfigError('broadcast needs a typed array'));
+    if (!Number.isInteger(root) || root < 0 || root >= this.worldSize)
+      return Promise.reject(new RingConfigError(`root must be a rank in [0, ${this.worldSize - 1}]`));
+    if (buf.byteLength > 0xffffffff) return Promise.reject(new RingConfigError('buffer too long'));
+    return this.enqueue((seq, settle) => new BroadcastOp(this, seq, bytesOf(buf), root, settle));
+  }
+
+  /**
+   * All-gather of variable-length float32 contributions: resolves with one array per rank, in rank
+   * order (this rank's entry is a copy of `local`).
+   */
+  allGather(local: Float32Array): Promise<Float32Array[]> {
+    if (!(local instanceof Float32Array))
+      return Promise.reject(new RingConfigError('allGather needs a Float32Array'));
+    const out: Float32Array[] = new Array<Float32Array>(this.worldSize);
+    return this.enqueue((seq, settle) => new AllGatherOp(this, seq, local, out, settle)).then(() => out);
+  }
+
+  /** Resolves once every rank has called `barrier()` (an all-reduce of one element). */
+  barrier(): Promise<void> {
+    return this.allReduce(new Float32Array(1));
+  }
+
+  /**
+   * Ends this rank's membership.
+   *
+   * On a healthy ring with no collective in progress the close is graceful: a last barrier with the
+   * other ranks (who are expected to close too), bounded by `closeLingerMs`. Completing it proves
+   * that every frame of every earlier collective reached its receiver — without it a rank that
+   * closes (or exits) right after its last call could take undelivered frames with it and leave
+   * its successor waiting. If the others do not close within `closeLingerMs`, close() gives up
+   * waiting (and the others see an ABORT). A collective in progress rejects with
+   * `RingClosedError` (the successor is told with an ABORT frame).
+   *
+   * Resolves when the sockets are closed; a new ring in this process may bind the same address
+   * right away.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private closing: Promise<void> | undefined;
+  private closeRequested = false;
+
+  private async doClose(): Promise<void> {
+    if (this.op === null && this.broken === null && this.worldSize > 1 && this.closeLingerMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const barrier = this.barrier();
+      this.closeRequested = true;
+      const done = await Promise.race([
+        barrier.then(
+          () => true,
+          () => false,
+        ),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), this.closeLingerMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!done && this.op)
+        this.fail(
+          new RingClosedError(`ring closed: the other ranks did not close within ${this.closeLingerMs} ms`),
+        );
+    } else {
+      this.closeRequested = true;
+      if (this.op) this.fail(new RingClosedError('ring closed during a collective'));
+    }
+    const healthy = this.broken === null;
+    this.closed = true;
+    if (!this.broken) this.broken = new RingClosedError();
+    if (this.timer) clearTimeout(this.timer);
+    const push = this.push;
+    const pull = this.pull;
+    if (push && pull) {
+      const linger = healthy ? this.closeLingerMs : Math.min(200, this.closeLingerMs);
+      await this.drained(linger);
+      // Give the I/O thread a moment to write the last frames (the barrier's) to the kernel.
+      if (healthy) await new Promise((r) => setTimeout(r, 20));
+      push.linger = linger;
+      pull.close();
+      push.close();
+      await this.recvDone;
+    }
+    if (this.zapDomain) {
+      this.stats();
+      zapUnregister(this.zapDomain);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Op scheduling
+
+  private enqueue(
+    make: (seq: number, settle: { resolve(): void; reject(e: RingError): void }) => Op,
+  ): Promise<void> {
+    if (this.closed || this.closeRequested) return Promise.reject(new RingClosedError());
+    const seq = this.nextSeq++;
+    const run = () =>
+      new Promise<void>((resolve, reject) => {
+        if (this.closed) return reject(new RingClosedError());
+        if (this.broken) return reject(new RingBrokenError(this.broken));
+        const op = make(seq, { resolve, reject });
+        this.startOp(op);
+      });
+    const p = this.tail.then(run);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  private startOp(op: Op): void {
+    this.op = op;
+    this.lastProgress = performance.now();
+    try {
+      op.start();
+      this.drain();
+    } catch (e) {
+      this.fail(e instanceof RingError ? e : new RingProtocolError(String(e)));
+      return;
+    }
+    if (this.op === op) this.armTimer();
+  }
+
+  /** @internal Called by an op when it has processed its last frame. */
+  finish(op: Op): void {
+    if (this.op !== op) return;
+    this.op = null;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.counters.completed++;
+    op.resolve();
+  }
+
+  private armTimer(): void {
+    if (this.timer) return;
+    const fire = () => {
+      this.timer = undefined;
+      if (!this.op || this.closed) return;
+      const idle = performance.now() - this.lastProgress;
+      if (idle >= this.timeoutMs) {
+        this.fail(
+          new RingTimeoutError(
+            `rank ${this.rank}: no frame from the predecessor for ${Math.round(idle)} ms during ${this.op.name} #${this.op.seq} (generation ${this.generation}; waiting for ${this.op.waitingFor()}; ${this.inbox.length - this.inboxHead} frames queued${this.inboxHead < this.inbox.length ? `, first of #${(this.inbox[this.inboxHead] as Frame).header.seq}` : ''}; ${this.counters.framesReceived} received, ${this.counters.framesSent} sent, ${this.sendQ.length - this.sendHead} to send)`,
+            this.timeoutMs,
+          ),
+        );
+      } else {
+        this.timer = setTimeout(fire, this.timeoutMs - idle + 1);
+      }
+    };
+    this.timer = setTimeout(fire, this.timeoutMs);
+  }
+
+  /** Where this rank stands (for error messages and debugging). */
+  diagnostics(): string {
+    const op = this.op;
+    const q = this.inbox.length - this.inboxHead;
+    const first = q > 0 ? (this.inbox[this.inboxHead] as Frame).header : null;
+    return (
+      `rank ${this.rank}/${this.worldSize} generation ${this.generation}: ` +
+      (op ? `${op.name} #${op.seq} waiting for ${op.waitingFor()}` : 'idle') +
+      `; ${q} frames queued${first ? ` (first: #${first.seq} phase ${first.phase} step ${first.step} chunk ${first.chunk})` : ''}` +
+      `; ${this.counters.framesReceived} received, ${this.counters.framesSent} sent, ${this.sendQ.length - this.sendHead} to send` +
+      (this.failedWhile ? `; failed while: ${this.failedWhile}` : '')
+    );
+  }
+
+  private failedWhile = '';
+
+  /** Marks the generation broken, rejects the op in progress and tells the successor. */
+  private fail(err: RingError, forwardAbort: { origin: number; reason: string } | null = null): void {
+    if (this.broken) return;
+    this.failedWhile = this.diagnostics();
+    this.broken = err;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    const op = this.op;
+    this.op = null;
+    if (op) op.reject(err);
+    if (this.closed || !this.push) return;
+    const origin = forwardAbort ? forwardAbort.origin : this.rank;
+    if (mod(this.rank + 1, this.worldSize) === origin) return; // it started the abort
+    const reason = forwardAbort ? forwardAbort.reason : `${err.name}: ${err.message}`;
+    const payload = Buffer.from(reason, 'utf8');
+    this.send(
+      {
+        jobId: this.jobId,
+        generation: this.generation,
+        seq: op ? op.seq : this.nextSeq,
+        step: 0,
+        phase: Phase.ABORT,
+        chunk: 0,
+        sender: origin,
+        encoding: Encoding.BYTES,
+        count: payload.length,
+        length: 0,
+        chunks: 1,
+        root: 0,
+      },
+      payload,
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Receiving
+
+  private async receiveLoop(pull: zmq.Pull): Promise<void> {
+    for (;;) {
+      let parts: Buffer[];
+      try {
+        parts = await pull.receive();
+      } catch (e) {
+        if (this.closed || pull.closed) return;
+        const code = (e as { code?: string }).code;
+        if (code === 'ETERM' || code === 'ENOTSOCK' || code === 'EBADF') return;
+        await new Promise((r) => setImmediate(r));
+        continue;
+      }
+      try {
+        this.onMessage(parts);
+      } catch (e) {
+        // A bug in an op must not kill the process: fail the generation instead.
+        this.fail(
+          e instanceof RingError
+            ? e
+            : new RingProtocolError(`internal error: ${(e as Error).stack ?? String(e)}`),
+        );
+      }
+    }
+  }
+
+  private onMessage(parts: Buffer[]): void {
+    const c = this.counters;
+    const r = decodeMessage(parts);
+    if (!r.ok) {
+      c.dropped.malformed++;
+      return;
+    }
+    const h = r.frame.header;
+    if (h.jobId !== this.jobId) {
+      c.dropped.foreignJob++;
+      return;
+    }
+    if (h.generation !== this.generation) {
+      if (h.generation < this.generation) c.dropped.staleGeneration++;
+      else c.dropped.futureGeneration++;
+      return;
+    }
+    if (this.broken || this.closed) {
+      c.dropped.unexpected++;
+      return;
+    }
+    c.framesReceived++;
+    c.bytesReceived += r.frame.payload.byteLength;
+    if (h.phase === Phase.ABORT) {
+      const reason = r.frame.payload.toString('utf8');
+      this.fail(
+        new RingAbortedError(
+          `rank ${h.sender} aborted generation ${this.generation}: ${reason}`,
+          h.sender,
+          reason,
+        ),
+        { origin: h.sender, reason },
+      );
+      return;
+    }
+    this.inbox.push(r.frame);
+    this.drain();
+  }
+
+  /** Feeds queued frames to the op in progress. */
+  private drain(): void {
+    while (this.op && this.inboxHead < this.inbox.length) {
+      const f = this.inbox[this.inboxHead] as Frame;
+      const op = this.op;
+      if (f.header.seq !== op.seq) {
+        if (f.header.seq > op.seq) return; // for a later collective: keep it
+        this.inboxHead++;
+        this.counters.dropped.unexpected++;
+        continue;
+      }
+      this.inbox[this.inboxHead++] = undefined as unknown as Frame;
+      this.lastProgress = performance.now();
+      if (this.onFrame) this.onFrame(f.header);
+      try {
+        op.handle(f);
+      } catch (e) {
+        this.fail(
+          e instanceof RingError
+            ? e
+            : new RingProtocolError(`internal error: ${(e as Error).stack ?? String(e)}`),
+        );
+        return;
+      }
+    }
+    if (this.inboxHead === this.inbox.length) {
+      this.inbox.length = 0;
+      this.inboxHead = 0;
+    } else if (this.inboxHead > 1024) {
+      this.inbox = this.inbox.slice(this.inboxHead);
+      this.inboxHead = 0;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Sending
+
+  /** @internal Queues a message to the successor (one zeromq.js send in flight at a time). */
+  send(h: FrameHeader, payload: Buffer): void {
+    this.sendQ.push([encodeHeader(h), payload]);
+    if (!this.pumping) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    const push = this.push;
+    if (!push) return;
+    this.pumping = true;
+    try {
+      while (this.sendHead < this.sendQ.length) {
+        const m = this.sendQ[this.sendHead] as [Buffer, Buffer];
+        this.sendQ[this.sendHead++] = undefined;
+        await push.send(m);
+        this.counters.framesSent++;
+        this.counters.bytesSent += m[1].byteLength;
+      }
+    } catch (e) {
+      if (!this.closed)
+        this.fail(new RingProtocolError(`send to ${this.successorAddress} failed: ${(e as Error).message}`));
+    } finally {
+      this.sendQ.length = 0;
+      this.sendHead = 0;
+      this.pumping = false;
+      const w = this.pumpIdle;
+      this.pumpIdle = [];
+      for (const f of w) f();
+    }
+  }
+
+  /** Resolves when the send queue is empty or after `ms`. */
+  private drained(ms: number): Promise<void> {
+    if (!this.pumping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.pumpIdle.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  /** @internal Header of a frame of this ring. */
+  header(
+    seq: number,
+    phase: Phase,
+    step: number,
+    chunk: number,
+    encoding: Encoding,
+    count: number,
+    length: number,
+    chunks: number,
+    root = 0,
+  ): FrameHeader {
+    return {
+      jobId: this.jobId,
+      generation: this.generation,
+      seq,
+      step,
+      phase,
+      chunk,
+      sender: this.rank,
+      encoding,
+      count,
+      length,
+      chunks,
+      root,
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All-reduce
+
+type Settle = { resolve(): void; reject(e: RingError): void };
+
+function expectFrame(
+  name: string,
+  h: FrameHeader,
+  want: {
+    phase: Phase;
+    step: number;
+    chunk: number;
+    encoding: Encoding;
+    count: number;
+    length: number;
+    chunks: number;
+    root?: number;
+  },
+): void {
+  if (h.phase !== want.phase || h.step !== want.step || h.chunk !== want.chunk)
+    throw new RingProtocolError(
+      `${name}: expected phase ${want.phase} step ${want.step} chunk ${want.chunk} from rank ${h.sender}, got phase ${h.phase} step ${h.step} chunk ${h.chunk} (did the ranks call different collectives?)`,
+    );
+  if (h.length !== want.length)
+    throw new RingProtocolError(
+      `${name}: rank ${h.sender} was called with length ${h.length}, this rank with ${want.length}`,
+    );
+  if (h.encoding !== want.encoding)
+    throw new RingProtocolError(
+      `${name}: rank ${h.sender} sends encoding ${h.encoding}, this rank expects ${want.encoding} (compression must match)`,
+    );
+  if (h.count !== want.count || h.chunks !== want.chunks)
+    throw new RingProtocolError(
+      `${name}: rank ${h.sender} cut the data differently (count ${h.count}/${want.count}, chunks ${h.chunks}/${want.chunks}; chunkBytes must match)`,
+    );
+  if (want.root !== undefined && h.root !== want.root)
+    throw new RingProtocolError(
+      `${name}: rank ${h.sender} broadcasts from root ${h.root}, this rank from ${want.root}`,
+    );
+}
+
+class AllReduceOp implements Op {
+  readonly name = 'allReduce';
+  done = false;
+  private readonly n: number;
+  private readonly layout: Layout;
+  private readonly enc: Encoding;
+  private readonly steps: number;
+  private step = 0;
+  private chunk = 0;
+
+  constructor(
+    private readonly ring: Ring,
+    readonly seq: number,
+    private readonly buf: Float32Array,
+    private readonly divisor: number,
+    private readonly settle: Settle,
+  ) {
+    this.n = ring.worldSize;
+    this.layout = new Layout(buf.length, this.n, Math.max(1, Math.floor(ring.chunkBytes / 4)));
+    this.enc = ring.compression === 'fp16' ? Encoding.F16 : Encoding.F32;
+    this.steps = 2 * (this.n - 1);
+  }
+
+  resolve(): void {
+    this.done = true;
+    this.settle.resolve();
+  }
+  reject(e: RingError): void {
+    this.done = true;
+    this.settle.reject(e);
+  }
+
+  waitingFor(): string {
+    return this.step === this.steps ? `DONE` : `step ${this.step} chunk ${this.chunk}`;
+  }
+
+  /** Segment received at step s. */
+  private recvSeg(s: number): number {
+    const r = this.ring.rank;
+    return s < this.n - 1 ? mod(r - s - 1, this.n) : mod(r - (s - (this.n - 1)), this.n);
+  }
+
+  private phaseOf(s: number): Phase {
+    return s < this.n - 1 ? Phase.REDUCE_SCATTER : Phase.ALL_GATHER;
+  }
+
+  start(): void {
+    if (this.n === 1) {
+      if (this.divisor !== 1) kernels.scale(this.buf, this.divisor);
+      this.ring.finish(this);
+      return;
+    }
+    // Reduce-scatter step 0: this rank's own segment, straight from the caller's buffer.
+    const k = this.ring.rank;
+    const nc = this.layout.chunks(k);
+    for (let c = 0; c < nc; c++) {
+      const [lo, hi] = this.layout.chunk(k, c);
+      const local = this.buf.subarray(lo, hi);
+      let payload: Buffer;
+      if (this.enc === Encoding.F32) payload = bytesOf(local);
+      else {
+        payload = Buffer.allocUnsafe((hi - lo) * 2);
+        kernels.toHalf(local, u16View(payload));
+      }
+      this.ring.send(
+        this.ring.header(this.seq, Phase.REDUCE_SCATTER, 0, c, this.enc, hi - lo, this.buf.length, nc),
+        payload,
+      );
+    }
+  }
+
+  handle(f: Frame): void {
+    const s = this.step;
+    const h = f.header;
+    if (s === this.steps) {
+      // The predecessor's DONE: it holds the whole result, so the successor has consumed every
+      // frame this rank sent from the caller's buffer (see sendsFromCaller below).
+      expectFrame('allReduce', h, {
+        phase: Phase.DONE,
+        step: s,
+        chunk: 0,
+        encoding: this.enc,
+        count: 0,
+        length: this.buf.length,
+        chunks: 1,
+      });
+      this.ring.finish(this);
+      return;
+    }
+    const c = this.chunk;
+    const k = this.recvSeg(s);
+    const nc = this.layout.chunks(k);
+    const [lo, hi] = this.layout.chunk(k, c);
+    expectFrame('allReduce', h, {
+      phase: this.phaseOf(s),
+      step: s,
+      chunk: c,
+      encoding: this.enc,
+      count: hi - lo,
+      length: this.buf.length,
+      chunks: nc,
+    });
+    const local = this.buf.subarray(lo, hi);
+    const last = this.n - 2; // last reduce-scatter step
+    let payload: Buffer = f.payload;
+    if (this.enc === Encoding.F32) {
+      const v = f32View(f.payload);
+      if (s < last) {
+        // A partial sum: add this rank's contribution into the received frame and pass it on.
+        kernels.add(v, local);
+        if (v.buffer !== f.payload.buffer) payload = bytesOf(v);
+      } else if (s === last) {
+        // This rank owns segment k: the final value goes straight into the caller's buffer and is
+        // sent from there (zero-copy; safe because the call waits for the predecessor's DONE).
+        kernels.addDiv(local, v, this.divisor);
+        payload = bytesOf(local);
+      } else kernels.copy(local, v);
+    } else {
+      const v = u16View(f.payload);
+      if (s < last) kernels.addHalf(v, local);
+      else if (s === last) kernels.addHalfFinal(v, local, this.divisor);
+      else kernels.fromHalf(v, local);
+      if (v.buffer !== f.payload.buffer) payload = bytesOf(v);
+    }
+    if (s + 1 < this.steps) {
+      // The next step sends exactly the segment just received.
+      this.ring.send(
+        this.ring.header(this.seq, this.phaseOf(s + 1), s + 1, c, this.enc, hi - lo, this.buf.length, nc),
+        payload,
+      );
+    }
+    if (c + 1 < nc) this.chunk = c + 1;
+    else {
+      this.chunk = 0;
+      this.step = s + 1;
+      if (this.step === this.steps) {
+        this.ring.send(
+          this.ring.header(this.seq, Phase.DONE, this.steps, 0, this.enc, 0, this.buf.length, 1),
+          Buffer.alloc(0),
+        );
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broadcast
+
+class BroadcastOp implements Op {
+  readonly name = 'broadcast';
+  done = false;
+  private readonly n: number;
+  private readonly chunkBytes: number;
+  private readonly nc: number;
+  private chunk = 0;
+
+  constructor(
+    private readonly ring: Ring,
+    readonly seq: number,
+    private readonly bytes: Buffer,
+    private readonly root: number,
+    private readonly settle: Settle,
+  ) {
+    this.n = ring.worldSize;
+    this.chunkBytes = ring.chunkBytes;
+    this.nc = Math.max(1, Math.ceil(bytes.length / this.chunkBytes));
+  }
+
+  resolve(): void {
+    this.done = true;
+    this.settle.resolve();
+  }
+  reject(e: RingError): void {
+    this.done = true;
+    this.settle.reject(e);
+  }
+
+  waitingFor(): string {
+    return this.ring.rank === this.root ? 'DONE' : `chunk ${this.chunk}`;
+  }
+
+  private range(c: number): [number, number] {
+    const lo = Math.min(this.bytes.length, c * this.chunkBytes);
+    return [lo, Math.min(this.bytes.length, lo + this.chunkBytes)];
+  }
+
+  start(): void {
+    if (this.n === 1) {
+      this.ring.finish(this);
+      return;
+    }
+    if (this.ring.rank !== this.root) return;
+    for (let c = 0; c < this.nc; c++) {
+      const [lo, hi] = this.range(c);
+      this.ring.send(
+        this.ring.header(
+          this.seq,
+          Phase.BROADCAST,
+          0,
+          c,
+          Encoding.BYTES,
+          hi - lo,
+          this.bytes.length,
+          this.nc,
+          this.root,
+        ),
+        this.bytes.subarray(lo, hi),
+      );
+    }
+  }
+
+  handle(f: Frame): void {
+    const h = f.header;
+    const succ = mod(this.ring.rank + 1, this.n);
+    if (this.ring.rank === this.root) {
+      // The only frame the root receives: DONE from its predecessor (the last rank).
+      expectFrame('broadcast', h, {
+        phase: Phase.DONE,
+        step: 0,
+        chunk: 0,
+        encoding: Encoding.BYTES,
+        count: 0,
+        length: this.bytes.length,
+        chunks: this.nc,
+        root: this.root,
+      });
+      this.ring.finish(this);
+      return;
+    }
+    const c = this.chunk;
+    const [lo, hi] = this.range(c);
+    expectFrame('broadcast', h, {
+      phase: Phase.BROADCAST,
+      step: 0,
+      chunk: c,
+      encoding: Encoding.BYTES,
+      count: hi - lo,
+      length: this.bytes.length,
+      chunks: this.nc,
+      root: this.root,
+    });
+    f.payload.copy(this.bytes, lo);
+    if (succ !== this.root) {
+      this.ring.send(
+        this.ring.header(
+          this.seq,
+          Phase.BROADCAST,
+          0,
+          c,
+          Encoding.BYTES,
+          hi - lo,
+          this.bytes.length,
+          this.nc,
+          this.root,
+        ),
+        f.payload,
+      );
+    }
+    this.chunk = c + 1;
+    if (this.chunk === this.nc) {
+      if (succ === this.root)
+        this.ring.send(
+          this.ring.header(
+            this.seq,
+            Phase.DONE,
+            0,
+            0,
+            Encoding.BYTES,
+            0,
+            this.bytes.length,
+            this.nc,
+            this.root,
+          ),
+          Buffer.alloc(0),
+        );
+      this.ring.finish(this);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All-gather (variable lengths)
+
+class AllGatherOp implements Op {
+  readonly name = 'allGather';
+  done = false;
+  private readonly n: number;
+  private readonly chunkElems: number;
+  private step = 0;
+  private chunk = 0;
+  private cur: Float32Array | null = null;
+
+  constructor(
+    private readonly ring: Ring,
+    readonly seq: number,
+    private readonly local: Float32Array,
+    private readonly out: Float32Array[],
+    private readonly settle: Settle,
+  ) {
+    this.n = ring.worldSize;
+    this.chunkElems = Math.max(1, Math.floor(ring.chunkBytes / 4));
+  }
+
+  resolve(): void {
+    this.done = true;
+    this.settle.resolve();
+  }
+  reject(e: RingError): void {
+    this.done = true;
+    this.settle.reject(e);
+  }
+
+  waitingFor(): string {
+    return `step ${this.step} chunk ${this.chunk}`;
+  }
+
+  start(): void {
+    // Two copies of the (small) contribution: the caller's result, and what goes on the wire.
+    const mine = Float32Array.from(this.local);
+    this.out[this.ring.rank] = mine;
+    const wire = Float32Array.from(this.local);
+    if (this.n === 1) {
+      this.ring.finish(this);
+      return;
+    }
+    const nc = Math.max(1, Math.ceil(mine.length / this.chunkElems));
+    for (let c = 0; c < nc; c++) {
+      const lo = Math.min(mine.length, c * this.chunkElems);
+      const hi = Math.min(mine.length, lo + this.chunkElems);
+      this.ring.send(
+        this.ring.header(this.seq, Phase.GATHER, 0, c, Encoding.F32, hi - lo, mine.length, nc),
+        bytesOf(wire.subarray(lo, hi)),
+      );
+    }
+  }
+
+  handle(f: Frame): void {
+    const h = f.header;
+    const s = this.step;
+    const c = this.chunk;
+    if (c === 0) {
+      if (h.phase !== Phase.GATHER || h.step !== s || h.chunk !== 0)
+        throw new RingProtocolError(
+          `allGather: expected step ${s} chunk 0 from rank ${h.sender}, got phase ${h.phase} step ${h.step} chunk ${h.chunk}`,
+        );
+      this.cur = new Float32Array(h.length);
+    }
+    const cur = this.cur as Float32Array;
+    const nc = Math.max(1, Math.ceil(cur.length / this.chunkElems));
+    const lo = Math.min(cur.length, c * this.chunkElems);
+    const hi = Math.min(cur.length, lo + this.chunkElems);
+    expectFrame('allGather', h, {
+      phase: Phase.GATHER,
+      step: s,
+      chunk: c,
+      encoding: Encoding.F32,
+      count: hi - lo,
+      length: cur.length,
+      chunks: nc,
+    });
+    cur.set(f32View(f.payload), lo);
+    if (s + 1 < this.n - 1)
+      this.ring.send(
+        this.ring.header(this.seq, Phase.GATHER, s + 1, c, Encoding.F32, hi - lo, cur.length, nc),
+        f.payload,
+      );
+    if (c + 1 < nc) this.chunk = c + 1;
+    else {
+      this.out[mod(this.ring.rank - s - 1, this.n)] = cur;
+      this.cur = null;
+      this.chunk = 0;
+      this.step = s + 1;
+      if (this.step === this.n - 1) this.ring.finish(this);
+    }
+  }
+}

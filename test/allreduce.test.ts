@@ -1,0 +1,617 @@
+/**
+ * Ring collectives (src/allreduce/): wire format, fp16, and real multi-process rings of 1…6 ranks
+ * (test/fixtures/ring-peer.ts children over ipc:// and tcp:// on this machine only), failures
+ * (SIGKILL mid-operation, a new generation among the survivors), dropped frames and CURVE.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as zmq from 'zeromq';
+import {
+  Encoding,
+  Phase,
+  decodeHeader,
+  decodeMessage,
+  encodeHeader,
+  type FrameHeader,
+} from '../src/allreduce/frame.js';
+import { bitsToHalf, halfTable, toHalf, encodeF16, decodeF16 } from '../src/allreduce/fp16.js';
+import { Ring, pickAddress, z85Encode, type RingOptions } from '../src/allreduce/ring.js';
+import { RingConfigError } from '../src/allreduce/errors.js';
+import { parseSizes } from '../src/allreduce/bench.js';
+import { kernels, resetKernels, setKernels } from '../src/allreduce/reduce.js';
+
+const PEER = fileURLToPath(new URL('./fixtures/ring-peer.js', import.meta.url));
+const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-ring-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+// ---------------------------------------------------------------------------------------------
+// Peer processes
+
+type Reply = { ok: boolean; error?: { name: string; code: string; message: string }; [k: string]: unknown };
+
+class Peer {
+  private id = 0;
+  private pending = new Map<number, (r: Reply) => void>();
+  exited: Promise<number>;
+  exitedAt = 0;
+  constructor(readonly proc: ChildProcess) {
+    proc.on('message', (raw: unknown) => {
+      const m = raw as Reply & { id?: number };
+      if (m.id === undefined) return;
+      const p = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      p?.(m);
+    });
+    this.exited = new Promise((resolve) =>
+      proc.on('exit', () => {
+        this.exitedAt = performance.now();
+        for (const p of this.pending.values())
+          p({ ok: false, error: { name: 'Exit', code: 'EXIT', message: 'peer exited' } });
+        this.pending.clear();
+        resolve(0);
+      }),
+    );
+  }
+  call(cmd: string, args: Record<string, unknown> = {}): Promise<Reply> {
+    const id = ++this.id;
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      this.proc.send({ id, cmd, ...args });
+    });
+  }
+  async ok(cmd: string, args: Record<string, unknown> = {}): Promise<Reply> {
+    const r = await this.call(cmd, args);
+    if (!r.ok) assert.fail(`${cmd} failed: ${r.error?.name}: ${r.error?.message}`);
+    return r;
+  }
+}
+
+const allPeers: Peer[] = [];
+after(() => {
+  for (const p of allPeers) p.proc.kill('SIGKILL');
+});
+
+async function startPeers(n: number): Promise<Peer[]> {
+  const peers = await Promise.all(
+    Array.from({ length: n }, () => {
+      const proc = fork(PEER, [], {
+        env: { ...process.env, RINGDIFF_RING_PEER: '1' },
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      const peer = new Peer(proc);
+      allPeers.push(peer);
+      return new Promise<Peer>((resolve, reject) => {
+        proc.once('message', () => resolve(peer));
+        proc.once('error', reject);
+      });
+    }),
+  );
+  return peers;
+}
+
+async function stopPeers(peers: Peer[]): Promise<void> {
+  await Promise.all(
+    peers.map((p) => (p.proc.exitCode === null && p.proc.signalCode === null ? p.call('exit') : null)),
+  );
+  await Promise.all(peers.map((p) => p.exited));
+}
+
+let addrSeq = 0;
+function ipcAddrs(n: number): string[] {
+  const g = ++addrSeq;
+  return Array.from({ length: n }, (_, r) => `ipc://${path.join(dir, `g${g}-r${r}.sock`)}`);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+function ringOpts(addrs: string[], r: number, extra: Partial<RingOptions> = {}): RingOptions {
+  const n = addrs.length;
+  return {
+    jobId: 'test-job',
+    rank: r,
+    worldSize: n,
+    generation: 1,
+    bindAddress: addrs[r] as string,
+    successorAddress: addrs[(r + 1) % n] as string,
+    timeoutMs: 20_000,
+    ...extra,
+  };
+}
+
+async function openRing(
+  peers: Peer[],
+  addrs: string[],
+  extra: Partial<RingOptions> | ((r: number) => Partial<RingOptions>) = {},
+) {
+  await Promise.all(
+    peers.map((p, r) =>
+      p.ok('open', { opts: ringOpts(addrs, r, typeof extra === 'function' ? extra(r) : extra) }),
+    ),
+  );
+}
+
+/** Runs one all-reduce on every peer; checks tolerance and that all ranks hold the same bits. */
+async function allReduceAll(
+  peers: Peer[],
+  length: number,
+  op: 'sum' | 'mean',
+  seed: number,
+): Promise<number> {
+  const rs = await Promise.all(peers.map((p) => p.ok('allreduce', { length, op, seed })));
+  const hashes = new Set(rs.map((r) => r.hash));
+  assert.equal(hashes.size, 1, `ranks disagree (N=${peers.length}, length ${length}, ${op})`);
+  for (const r of rs)
+    assert.ok(
+      (r.worst as number) <= 1,
+      `error ${r.maxErr} beyond tolerance (ratio ${r.worst}) N=${peers.length} length ${length} ${op}`,
+    );
+  return rs[0]?.hash as number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Units
+
+describe('frame', () => {
+  const h: FrameHeader = {
+    jobId: 'job-α',
+    generation: 7,
+    seq: 3,
+    step: 5,
+    phase: Phase.ALL_GATHER,
+    chunk: 11,
+    sender: 2,
+    encoding: Encoding.F16,
+    count: 4,
+    length: 123456789,
+    chunks: 13,
+    root: 1,
+  };
+  test('header round trip', () => {
+    assert.deepEqual(decodeHeader(encodeHeader(h)), h);
+  });
+  test('malformed messages are rejected, never thrown', () => {
+    const hb = encodeHeader(h);
+    assert.equal(decodeMessage([hb, Buffer.alloc(8)]).ok, true);
+    assert.deepEqual(decodeMessage([hb]), { ok: false, reason: 'parts' });
+    assert.deepEqual(decodeMessage([hb, Buffer.alloc(8), Buffer.alloc(1)]), { ok: false, reason: 'parts' });
+    assert.deepEqual(decodeMessage([hb, Buffer.alloc(7)]), { ok: false, reason: 'payload' });
+    assert.deepEqual(decodeMessage([hb.subarray(0, 5), Buffer.alloc(8)]), { ok: false, reason: 'header' });
+    assert.deepEqual(
+      decodeMessage([Buffer.from('garbage, not protobuf \xff\xff\xff'), Buffer.alloc(8)]).ok,
+      false,
+    );
+    for (let i = 0; i < 2000; i++) {
+      const junk = Buffer.from(Array.from({ length: (i % 40) + 1 }, (_, j) => (i * 131 + j * 71) & 255));
+      decodeMessage([junk, Buffer.alloc(i % 9)]); // must not throw
+    }
+    assert.equal(decodeHeader(encodeHeader({ ...h, jobId: '' })), null);
+  });
+});
+
+describe('fp16', () => {
+  test('every finite half round-trips; NaN stays NaN', () => {
+    const t = halfTable();
+    for (let hb = 0; hb < 65536; hb++) {
+      const v = t[hb] as number;
+      if (Number.isNaN(v)) assert.ok(Number.isNaN(t[toHalf(v)] as number));
+      else assert.equal(toHalf(v), hb, `half 0x${hb.toString(16)}`);
+    }
+  });
+  test('round to nearest even, against an exhaustive reference', () => {
+    const t = halfTable();
+    // Finite non-negative halves in increasing order: patterns 0 … 0x7c00 (inf).
+    const ref = (x: number): number => {
+      const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
+      const a = Math.abs(x);
+      if (a >= 65520) return sign | 0x7c00;
+      let lo = 0;
+      let hi = 0x7bff;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if ((t[mid] as number) <= a) lo = mid;
+        else hi = mid - 1;
+      }
+      const below = t[lo] as number;
+      if (below === a) return sign | lo;
+      const above = t[lo + 1] as number;
+      const d1 = a - below;
+      const d2 = above - a;
+      if (d1 < d2) return sign | lo;
+      if (d2 < d1) return sign | (lo + 1);
+      return sign | (lo % 2 === 0 ? lo : lo + 1);
+    };
+    const f = new Float32Array(1);
+    const u = new Uint32Array(f.buffer);
+    let s = 12345;
+    for (let i = 0; i < 200_000; i++) {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      // exponents around the fp16 range, including subnormals and overflow
+      u[0] =
+        ((s & 0x80000000) | ((((s >>> 8) % 50) + 97) << 23) | (Math.imul(s, 2654435761) & 0x7fffff)) >>> 0;
+      assert.equal(bitsToHalf(u[0] as number), ref(f[0] as number), `x = ${f[0]}`);
+    }
+    // Exact midpoints between neighbouring halves (ties).
+    for (let hb = 0; hb < 0x7bff; hb += 7) {
+      const mid = ((t[hb] as number) + (t[hb + 1] as number)) / 2;
+      f[0] = mid;
+      if (f[0] !== mid) continue;
+      assert.equal(toHalf(mid), ref(mid));
+      assert.equal(toHalf(-mid), ref(-mid));
+    }
+    assert.equal(toHalf(65519), 0x7bff);
+    assert.equal(toHalf(65520), 0x7c00);
+    assert.equal(toHalf(-Infinity), 0xfc00);
+    assert.equal(toHalf(2 ** -25), 0);
+    assert.equal(toHalf(2 ** -25 * 1.0000001), 1);
+  });
+  test('array codecs', () => {
+    const x = new Float32Array([0, -0, 1, -2.5, 65504, 1e-8, 3.14159]);
+    const h = new Uint16Array(x.length);
+    encodeF16(x, h);
+    const y = new Float32Array(x.length);
+    decodeF16(h, y);
+    assert.deepEqual(Array.from(y), [0, -0, 1, -2.5, 65504, 0, 3.140625]);
+  });
+});
+
+describe('helpers', () => {
+  test('z85 matches the RFC 32 test vector', () => {
+    assert.equal(z85Encode(Uint8Array.from([0x86, 0x4f, 0xd2, 0x6f, 0xb5, 0x59, 0xf7, 0x5b])), 'HelloWorld');
+  });
+  test('pickAddress prefers ipc on one host', () => {
+    const peer = { hostId: 'a', tcp: 'tcp://127.0.0.1:1', ipc: 'ipc:///tmp/x' };
+    assert.equal(pickAddress('a', peer), 'ipc:///tmp/x');
+    assert.equal(pickAddress('b', peer), 'tcp://127.0.0.1:1');
+  });
+  test('bench sizes', () => {
+    assert.deepEqual(parseSizes('1M,4K,64'), [1 << 20, 4096, 64]);
+    assert.throws(() => parseSizes('3'));
+  });
+  test('kernels can be swapped', () => {
+    let calls = 0;
+    const prev = setKernels({ add: (d, s) => (calls++, prev.add(d, s)) });
+    const a = new Float32Array([1, 2]);
+    kernels.add(a, new Float32Array([3, 4]));
+    resetKernels();
+    assert.equal(calls, 1);
+    assert.deepEqual(Array.from(a), [4, 6]);
+  });
+});
+
+describe('ring in one process', () => {
+  test('N = 1: every collective is local', async () => {
+    const ring = await Ring.open({
+      jobId: 'j',
+      rank: 0,
+      worldSize: 1,
+      generation: 0,
+      bindAddress: 'unused',
+      successorAddress: '',
+    });
+    const a = new Float32Array([1, 2, 3]);
+    await ring.allReduce(a, { op: 'sum' });
+    assert.deepEqual(Array.from(a), [1, 2, 3]);
+    await ring.allReduce(a, { op: 'mean' });
+    assert.deepEqual(Array.from(a), [1, 2, 3]);
+    await ring.allReduce(new Float32Array(0));
+    await ring.broadcast(a, 0);
+    const g = await ring.allGather(new Float32Array([5]));
+    assert.deepEqual(
+      g.map((x) => Array.from(x)),
+      [[5]],
+    );
+    assert.equal(ring.stats().completed, 5);
+    await ring.close();
+    await assert.rejects(ring.allReduce(a), { code: 'RING_CLOSED' });
+  });
+  test('bad options are RingConfigErrors', async () => {
+    const base = {
+      jobId: 'j',
+      rank: 0,
+      worldSize: 2,
+      generation: 0,
+      bindAddress: 'ipc:///tmp/none',
+      successorAddress: 'ipc:///tmp/none2',
+    };
+    await assert.rejects(Ring.open({ ...base, rank: 2 }), RingConfigError);
+    await assert.rejects(Ring.open({ ...base, jobId: '' }), RingConfigError);
+    await assert.rejects(Ring.open({ ...base, chunkBytes: 2 }), RingConfigError);
+    await assert.rejects(Ring.open({ ...base, encryption: 'curve' }), RingConfigError);
+    await assert.rejects(Ring.open({ ...base, bindAddress: 'nonsense://x' }), RingConfigError);
+  });
+  test('two rings in this process; timeout when the peer never comes', async () => {
+    const addrs = ipcAddrs(2);
+    const a = await Ring.open({ ...ringOpts(addrs, 0), timeoutMs: 5000 });
+    const b = await Ring.open({ ...ringOpts(addrs, 1), timeoutMs: 5000 });
+    const x = new Float32Array([1, 2, 3, 4, 5]);
+    const y = new Float32Array([10, 20, 30, 40, 50]);
+    await Promise.all([a.allReduce(x), b.allReduce(y)]);
+    assert.deepEqual(Array.from(x), [11, 22, 33, 44, 55]);
+    assert.deepEqual(Array.from(y), [11, 22, 33, 44, 55]);
+    await Promise.all([a.close(), b.close()]);
+    const lonely = await Ring.open({ ...ringOpts(ipcAddrs(2), 0), timeoutMs: 300 });
+    const t0 = performance.now();
+    await assert.rejects(lonely.allReduce(new Float32Array(10)), { name: 'RingTimeoutError' });
+    assert.ok(performance.now() - t0 < 2000);
+    await assert.rejects(lonely.allReduce(new Float32Array(10)), { name: 'RingBrokenError' });
+    await lonely.close();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Multi-process rings
+
+describe('all-reduce across processes', { timeout: 600_000 }, () => {
+  for (let n = 1; n <= 6; n++) {
+    test(`N = ${n}: lengths × ops match the reference; repeat is bit-identical`, async () => {
+      const peers = await startPeers(n);
+      // Odd chunk sizes: segments are not multiples of the chunk, and (for N > 2) not of 4 bytes·2^k.
+      const chunkBytes = n % 2 ? 4100 : 16384;
+      const addrs =
+        n === 3
+          ? await Promise.all(Array.from({ length: n }, async () => `tcp://127.0.0.1:${await freePort()}`))
+          : ipcAddrs(n);
+      await openRing(peers, addrs, { chunkBytes });
+      const lengths = [...new Set([0, 1, Math.max(0, n - 1), n + 1, 2, 7, 97, 1009, 65537, 1_000_003])];
+      let seed = 1;
+      for (const length of lengths) {
+        for (const op of ['sum', 'mean'] as const) {
+          const h1 = await allReduceAll(peers, length, op, seed);
+          const h2 = await allReduceAll(peers, length, op, seed);
+          assert.equal(h1, h2, `not bit-reproducible: N=${n} length ${length} ${op}`);
+          seed++;
+        }
+      }
+      await stopPeers(peers);
+    });
+  }
+
+  test('fp16 on the wire: within fp16 tolerance, identical on every rank', async () => {
+    const peers = await startPeers(3);
+    await openRing(peers, ipcAddrs(3), { compression: 'fp16', chunkBytes: 8192 });
+    for (const length of [0, 1, 2, 1009, 300_007]) {
+      for (const op of ['sum', 'mean'] as const) {
+        const h1 = await allReduceAll(peers, length, op, length + 1);
+        assert.equal(await allReduceAll(peers, length, op, length + 1), h1);
+      }
+    }
+    await stopPeers(peers);
+  });
+
+  test('broadcast and variable-length all-gather', async () => {
+    const peers = await startPeers(4);
+    await openRing(peers, ipcAddrs(4), { chunkBytes: 4096 });
+    for (const root of [0, 3, 1]) {
+      for (const length of [0, 1, 100_003]) {
+        const rs = await Promise.all(peers.map((p) => p.ok('broadcast', { length, root, seed: 9 + root })));
+        for (const r of rs) assert.equal(r.equal, true, `broadcast root ${root} length ${length}`);
+      }
+    }
+    for (const lengths of [
+      [3, 0, 5000, 1],
+      [0, 0, 0, 0],
+      [2049, 2048, 2047, 1],
+    ]) {
+      const rs = await Promise.all(peers.map((p) => p.ok('allgather', { lengths, seed: 4 })));
+      for (const r of rs) assert.equal(r.equal, true, `allGather ${lengths.join(',')}`);
+    }
+    // Mixed with all-reduces on the same ring.
+    await allReduceAll(peers, 12345, 'sum', 77);
+    await stopPeers(peers);
+  });
+
+  test('ranks that close and exit right after their last call leave no one waiting', async () => {
+    for (let round = 0; round < 3; round++) {
+      const peers = await startPeers(4);
+      await openRing(peers, ipcAddrs(4), { chunkBytes: 1 << 20, timeoutMs: 10_000 });
+      const rs = await Promise.all(
+        peers.map((p) => p.call('allreduce', { length: 4 << 20, op: 'sum', seed: round, exitAfter: true })),
+      );
+      for (const r of rs) assert.equal(r.ok, true, r.error?.message);
+      assert.equal(new Set(rs.map((r) => r.hash)).size, 1);
+      await Promise.all(peers.map((p) => p.exited));
+    }
+  });
+
+  test('ranks called with different lengths: every rank rejects with a typed error', async () => {
+    const peers = await startPeers(2);
+    await openRing(peers, ipcAddrs(2), { timeoutMs: 3000 });
+    const rs = await Promise.all(
+      peers.map((p, r) => p.call('allreduce', { length: 100 + r, op: 'sum', seed: 1 })),
+    );
+    for (const r of rs) {
+      assert.equal(r.ok, false);
+      assert.ok(['RING_PROTOCOL', 'RING_ABORTED'].includes(r.error?.code as string), r.error?.message);
+    }
+    await stopPeers(peers);
+  });
+});
+
+describe('failures', { timeout: 120_000 }, () => {
+  test('SIGKILL mid-operation: survivors reject within the timeout, then a new generation works', async () => {
+    const n = 4;
+    const victim = 2;
+    const timeoutMs = 1500;
+    const peers = await startPeers(n);
+    const addrs = ipcAddrs(n);
+    // The victim kills itself (SIGKILL) on its 40th accepted frame: inside the second call.
+    await Promise.all(
+      peers.map((p, r) =>
+        p.ok('open', {
+          opts: ringOpts(addrs, r, { timeoutMs, chunkBytes: 4096 }),
+          killAtFrame: r === victim ? 40 : undefined,
+        }),
+      ),
+    );
+    await allReduceAll(peers, 1000, 'sum', 1); // healthy first (6 frames per rank)
+    const calls = peers.map((p) => p.call('allreduce', { length: 1_000_000, op: 'sum', seed: 2 }));
+    await peers[victim]?.exited;
+    const killedAt = peers[victim]?.exitedAt as number;
+    const survivors = [0, 1, 3];
+    const results = await Promise.all(
+      survivors.map(async (r) => ({ r, reply: (await calls[r]) as Reply, at: performance.now() })),
+    );
+    for (const { r, reply, at } of results) {
+      assert.equal(reply.ok, false, `rank ${r} should have failed`);
+      assert.ok(
+        ['RING_TIMEOUT', 'RING_ABORTED'].includes(reply.error?.code as string),
+        `rank ${r}: ${reply.error?.code} ${reply.error?.message}`,
+      );
+      assert.ok(
+        at - killedAt <= timeoutMs + 1500,
+        `rank ${r} rejected ${Math.round(at - killedAt)} ms after the kill`,
+      );
+    }
+    // New generation among the survivors, same addresses (re-bound), renumbered ranks.
+    const live = survivors.map((r) => peers[r] as Peer);
+    for (const p of live) await p.ok('close');
+    const addrs2 = survivors.map((r) => addrs[r] as string);
+    await Promise.all(
+      live.map((p, r) =>
+        p.ok('open', { opts: ringOpts(addrs2, r, { generation: 2, timeoutMs: 10_000, chunkBytes: 4096 }) }),
+      ),
+    );
+    await allReduceAll(live, 1_000_003, 'sum', 3);
+    await allReduceAll(live, 5, 'mean', 4);
+    await stopPeers(live);
+  });
+
+  test('stale-generation, foreign-job, truncated and garbage frames are dropped and counted', async () => {
+    const peers = await startPeers(2);
+    const addrs = ipcAddrs(2);
+    await openRing(peers, addrs, { generation: 5 });
+    const rogue = new zmq.Push({ linger: 1000 });
+    rogue.connect(addrs[0] as string);
+    const hdr = (over: Partial<FrameHeader>) =>
+      encodeHeader({
+        jobId: 'test-job',
+        generation: 5,
+        seq: 0,
+        step: 0,
+        phase: Phase.REDUCE_SCATTER,
+        chunk: 0,
+        sender: 1,
+        encoding: Encoding.F32,
+        count: 2,
+        length: 4,
+        chunks: 1,
+        root: 0,
+        ...over,
+      });
+    const payload = Buffer.from(new Float32Array([1e6, 1e6]).buffer);
+    await rogue.send([hdr({ generation: 4 }), payload]); // stale
+    await rogue.send([hdr({ generation: 6 }), payload]); // future
+    await rogue.send([hdr({ jobId: 'other-job' }), payload]); // foreign
+    await rogue.send([hdr({}).subarray(0, 5), payload]); // truncated header
+    await rogue.send([hdr({}), payload.subarray(0, 6)]); // truncated payload
+    await rogue.send(Buffer.from('garbage')); // one frame
+    await rogue.send([Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]), payload]); // garbage header
+    await rogue.send([hdr({}), payload, payload]); // three frames
+    let st: Record<string, Record<string, number>> = {};
+    for (let i = 0; i < 100; i++) {
+      st = (await peers[0]?.ok('stats'))?.stats as typeof st;
+      const d = st.dropped as Record<string, number>;
+      if (
+        (d.malformed as number) >= 5 &&
+        d.staleGeneration === 1 &&
+        d.futureGeneration === 1 &&
+        d.foreignJob === 1
+      )
+        break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.deepEqual(st.dropped, {
+      foreignJob: 1,
+      staleGeneration: 1,
+      futureGeneration: 1,
+      malformed: 5,
+      unexpected: 0,
+    });
+    // The process is alive and the ring is intact.
+    await allReduceAll(peers, 4, 'sum', 1);
+    await allReduceAll(peers, 100_000, 'mean', 2);
+    rogue.close();
+    await stopPeers(peers);
+  });
+
+  test('CURVE: a peer without an allowed key cannot inject data', async () => {
+    const peers = await startPeers(3);
+    const addrs = ipcAddrs(3);
+    const keys = [zmq.curveKeyPair(), zmq.curveKeyPair(), zmq.curveKeyPair()];
+    await openRing(peers, addrs, (r) => ({
+      encryption: 'curve',
+      curve: {
+        publicKey: keys[r]?.publicKey as string,
+        secretKey: keys[r]?.secretKey as string,
+        successorPublicKey: keys[(r + 1) % 3]?.publicKey as string,
+        allowedClientKeys: keys[(r + 2) % 3]?.publicKey as string,
+      },
+    }));
+    await allReduceAll(peers, 50_000, 'sum', 1);
+    // A rogue that knows rank 0's public key but has its own key pair sends a frame that would be
+    // accepted as the next collective's first frame (and corrupt it).
+    const mine = zmq.curveKeyPair();
+    const rogue = new zmq.Push({
+      linger: 1000,
+      curveServerKey: keys[0]?.publicKey as string,
+      curvePublicKey: mine.publicKey,
+      curveSecretKey: mine.secretKey,
+    });
+    rogue.connect(addrs[0] as string);
+    const plain = new zmq.Push({ linger: 1000 });
+    plain.connect(addrs[0] as string);
+    const forged = [
+      encodeHeader({
+        jobId: 'test-job',
+        generation: 1,
+        seq: 1,
+        step: 0,
+        phase: Phase.REDUCE_SCATTER,
+        chunk: 0,
+        sender: 2,
+        encoding: Encoding.F32,
+        count: 2,
+        length: 4,
+        chunks: 1,
+        root: 0,
+      }),
+      Buffer.from(new Float32Array([1e6, 1e6]).buffer),
+    ];
+    void rogue.send(forged).catch(() => {});
+    void plain.send(forged).catch(() => {});
+    let st: Record<string, unknown> = {};
+    for (let i = 0; i < 100; i++) {
+      st = (await peers[0]?.ok('stats'))?.stats as typeof st;
+      if ((st.authDenied as number) >= 1) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok((st.authDenied as number) >= 1, 'the ZAP handler saw and refused the rogue');
+    await new Promise((r) => setTimeout(r, 200));
+    await allReduceAll(peers, 4, 'sum', 2); // would be corrupted by the forged frame
+    const after = (await peers[0]?.ok('stats'))?.stats as { dropped: Record<string, number> };
+    assert.deepEqual(after.dropped, {
+      foreignJob: 0,
+      staleGeneration: 0,
+      futureGeneration: 0,
+      malformed: 0,
+      unexpected: 0,
+    });
+    rogue.close();
+    plain.close();
+    await stopPeers(peers);
+  });
+});
