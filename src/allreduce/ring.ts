@@ -1145,21 +1145,23 @@ class BroadcastOp implements Op {
     if (this.ring.rank !== this.root) return;
     for (let c = 0; c < this.nc; c++) {
       const [lo, hi] = this.range(c);
-      this.ring.send(
-        this.ring.header(
-          this.seq,
-          Phase.BROADCAST,
-          0,
-          c,
-          Encoding.BYTES,
-          hi - lo,
-          this.bytes.length,
-          this.nc,
-          this.root,
-        ),
-        this.bytes.subarray(lo, hi),
-      );
+      this.ring.send(this.chunkHeader(c, hi - lo), this.bytes.subarray(lo, hi));
     }
+  }
+
+  /** Header of broadcast chunk `c` holding `count` bytes. */
+  private chunkHeader(c: number, count: number): FrameHeader {
+    return this.ring.header(
+      this.seq,
+      Phase.BROADCAST,
+      0,
+      c,
+      Encoding.BYTES,
+      count,
+      this.bytes.length,
+      this.nc,
+      this.root,
+    );
   }
 
   handle(f: Frame): void {
@@ -1194,20 +1196,7 @@ class BroadcastOp implements Op {
     });
     f.payload.copy(this.bytes, lo);
     if (succ !== this.root) {
-      this.ring.send(
-        this.ring.header(
-          this.seq,
-          Phase.BROADCAST,
-          0,
-          c,
-          Encoding.BYTES,
-          hi - lo,
-          this.bytes.length,
-          this.nc,
-          this.root,
-        ),
-        f.payload,
-      );
+      this.ring.send(this.chunkHeader(c, hi - lo), f.payload);
     }
     this.chunk = c + 1;
     if (this.chunk === this.nc) {
