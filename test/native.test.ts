@@ -6,11 +6,15 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import {
+  nativeBufferStats,
   nativeKernelCalls,
   nativeThreads,
   registerCpuNative,
   setNativeThreads,
+  trimNativeBuffers,
 } from '../src/model/backend/native.js';
+import { groupNorm, silu, upsampleNearest2x } from '../src/model/nn.js';
+import type { Params } from '../src/model/params.js';
 
 tf.enableProdMode();
 const status = registerCpuNative();
@@ -144,6 +148,13 @@ const CONVS: ConvCase[] = [
   { x: [2, 10, 9, 8], k: [3, 2], cout: 4, stride: [2, 1], pad: 'valid' },
   { x: [1, 5, 5, 3], k: [5, 5], cout: 2, stride: 1, pad: 2 },
   { x: [1, 7, 7, 5], k: [3, 3], cout: 3, stride: 3, pad: 'same' },
+  // Thin convolutions (one input or one output channel) take direct loops instead of GEMMs.
+  { x: [2, 9, 8, 1], k: [3, 3], cout: 8, stride: 2, pad: 'same' },
+  { x: [2, 9, 9, 1], k: [3, 2], cout: 5, stride: 1, pad: 'valid', dilation: [1, 2] },
+  { x: [2, 8, 9, 16], k: [3, 3], cout: 1, stride: 2, pad: 'valid' },
+  { x: [1, 7, 7, 12], k: [3, 3], cout: 1, stride: 1, pad: 'same', dilation: 2 },
+  { x: [2, 6, 7, 1], k: [3, 3], cout: 1, stride: 1, pad: 'same' },
+  { x: [1, 6, 6, 1], k: [1, 1], cout: 4, stride: 1, pad: 'valid' },
 ];
 
 function label(c: ConvCase): string {
@@ -530,6 +541,332 @@ native('Sigmoid and Square match cpu, including non-finite inputs', async () => 
   ]);
   await same('sigmoid', () => tf.sigmoid(tf.tensor1d(data)), [tf.Sigmoid]);
   await same('square', () => tf.square(tf.tensor1d(data)), [tf.Square]);
+});
+
+native('unary ops match cpu on ordinary and non-finite inputs', async () => {
+  // 70k elements: several tasks of the addon's pool.
+  const wide = randn(70_000, 1410, 3);
+  const special = Float32Array.from([
+    0, -0, 1e-30, -1e-30, 1, -1, 88, 88.7, 89, -87, -104, -110, 1e30, -1e30,
+  ]);
+  const nonFinite = Float32Array.from([Infinity, -Infinity, NaN, 0, -0, 5, -5]);
+  const cases: Array<[string, string, (x: tf.Tensor) => tf.Tensor]> = [
+    ['sqrt', tf.Sqrt, (x) => tf.sqrt(x)],
+    ['rsqrt', tf.Rsqrt, (x) => tf.rsqrt(x)],
+    ['neg', tf.Neg, (x) => tf.neg(x)],
+    ['relu', tf.Relu, (x) => tf.relu(x)],
+    ['exp', tf.Exp, (x) => tf.exp(x)],
+    ['step', tf.Step, (x) => tf.step(x, 0.25)],
+    ['abs', tf.Abs, (x) => tf.abs(x)],
+    ['reciprocal', tf.Reciprocal, (x) => tf.reciprocal(x)],
+    ['sigmoid', tf.Sigmoid, (x) => tf.sigmoid(x)],
+    ['square', tf.Square, (x) => tf.square(x)],
+  ];
+  for (const [name, kernel, op] of cases) {
+    // Separately, so that an infinity or a huge value does not set the tolerance of the rest.
+    for (const [what, data] of [
+      ['wide', wide],
+      ['special', special],
+      ['non-finite', nonFinite],
+    ] as const) {
+      await same(`${name} ${what}`, () => op(tf.tensor1d(data)), [kernel]);
+    }
+  }
+  // exp over its whole finite range, element by element relative to the value itself.
+  const xs = Float32Array.from({ length: 2001 }, (_, i) => -100 + (188.7 * i) / 2000);
+  const [ref] = await on('cpu', () => tf.exp(tf.tensor1d(xs)));
+  const [got] = await on('cpu-native', () => tf.exp(tf.tensor1d(xs)));
+  (ref as Out).data.forEach((e, i) => {
+    const a = (got as Out).data[i] as number;
+    assert.ok(Math.abs(a - e) <= 1e-6 * Math.abs(e) + 1e-37, `exp(${xs[i]}): ${a} vs ${e}`);
+  });
+});
+
+native('Maximum and Minimum match cpu, NaN included', async () => {
+  const a = Float32Array.from([...randn(3 * 40 * 8, 1420), NaN, 1, -Infinity]);
+  for (const [name, op] of [
+    [tf.Maximum, tf.maximum],
+    [tf.Minimum, tf.minimum],
+  ] as const) {
+    await same(
+      `${name} broadcast`,
+      () => op(tf.tensor(randn(3 * 40 * 8, 1421), [3, 40, 8]), tf.tensor(randn(8, 1422), [8])),
+      [name],
+    );
+    await same(`${name} NaN`, () => op(tf.tensor1d(a), tf.scalar(0.5)), [name]);
+  }
+});
+
+native('Concat and Transpose match cpu, gradients included', async () => {
+  const t = (shape: number[], seed: number) => tf.tensor(randn(size(shape), seed), shape);
+  for (const axis of [0, 1, 2, 3, -1]) {
+    await same(
+      `concat axis ${axis}`,
+      () => {
+        const shapes = [
+          [2, 3, 4, 5],
+          [2, 3, 4, 5],
+          [2, 3, 4, 5],
+        ];
+        const ax = axis < 0 ? 3 : axis;
+        shapes[1]![ax] = 2;
+        shapes[2]![ax] = 1;
+        return tf.concat(
+          shapes.map((sh, i) => t(sh, 1430 + i)),
+          axis,
+        );
+      },
+      [tf.Concat],
+    );
+  }
+  await same(
+    'concat with an empty part',
+    () => tf.concat([t([3, 4], 1440), t([3, 0], 1441), t([3, 2], 1442)], 1),
+    [tf.Concat],
+  );
+  await same('concat 1-D', () => tf.concat([t([5], 1443), t([7], 1444)]), [tf.Concat]);
+  await same(
+    'concat of skip connections and its gradient',
+    () => {
+      const a = t([4, 16, 16, 32], 1445);
+      const b = t([4, 16, 16, 16], 1446);
+      const w = t([4, 16, 16, 48], 1447);
+      return tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.mul(tf.concat([x, y], 3), w)))([a, b]);
+    },
+    [tf.Concat, tf.SplitV],
+  );
+  const perms: Array<[number[], number[]]> = [
+    [
+      [7, 9],
+      [1, 0],
+    ],
+    [
+      [4, 5, 6],
+      [0, 2, 1],
+    ],
+    [
+      [4, 5, 6],
+      [2, 0, 1],
+    ],
+    [
+      [2, 8, 3, 16],
+      [0, 2, 1, 3],
+    ],
+    [
+      [2, 3, 4, 5],
+      [3, 2, 1, 0],
+    ],
+    [
+      [2, 3, 1, 5, 2],
+      [4, 0, 3, 2, 1],
+    ],
+    [
+      [3, 4],
+      [0, 1],
+    ],
+    [
+      [64, 40, 30],
+      [1, 2, 0],
+    ],
+  ];
+  for (const [i, [shape, perm]] of perms.entries()) {
+    await same(
+      `transpose ${JSON.stringify(shape)} ${JSON.stringify(perm)}`,
+      () => tf.transpose(t(shape, 1450 + i), perm),
+      [tf.Transpose],
+    );
+  }
+});
+
+native('Sum and Mean: every reduction layout, large enough to split, independent of threads', async () => {
+  // Each shape exceeds the addon's 64k-element grain, so the work is split into chunks (with
+  // private partials where chunks share outputs).
+  const cases: Array<[number[], number[]]> = [
+    [[300_000], [0]],
+    [[4096, 32], [0]],
+    [
+      [32, 1024, 8, 4],
+      [1, 3],
+    ],
+    [
+      [32, 32, 32, 16],
+      [1, 2],
+    ],
+    [
+      [8, 16, 32, 4, 8],
+      [0, 2, 4],
+    ],
+    [
+      [64, 2, 16, 2, 32],
+      [1, 3],
+    ],
+    [[16, 5000], [1]],
+    [
+      [7, 3, 5000],
+      [0, 2],
+    ],
+  ];
+  for (const [i, [shape, axes]] of cases.entries()) {
+    const x = () => tf.tensor(randn(size(shape), 1460 + i), shape);
+    const what = `${JSON.stringify(shape)} axes ${JSON.stringify(axes)}`;
+    await same(`sum ${what}`, () => tf.sum(x(), axes), [tf.Sum]);
+    await same(`mean ${what}`, () => tf.mean(x(), axes, true), [tf.Mean]);
+    const threads = status.threads;
+    try {
+      setNativeThreads(1);
+      const one = await on('cpu-native', () => tf.sum(x(), axes));
+      setNativeThreads(2);
+      const two = await on('cpu-native', () => tf.sum(x(), axes));
+      assert.deepEqual((one[0] as Out).data, (two[0] as Out).data, `${what}: 1 vs 2 threads`);
+    } finally {
+      setNativeThreads(threads);
+    }
+  }
+});
+
+/** The layer definitions that nn.ts writes with explicit gradients, by plain autodiff. */
+function groupNormReference(x: tf.Tensor4D, gamma: tf.Tensor, beta: tf.Tensor, groups: number): tf.Tensor {
+  const [b, h, w, c] = x.shape;
+  const xr = tf.reshape(x, [b, h, w, groups, c / groups]);
+  const { mean, variance } = tf.moments(xr, [1, 2, 4], true);
+  const xn = tf.reshape(tf.mul(tf.sub(xr, mean), tf.rsqrt(tf.add(variance, 1e-5))), [b, h, w, c]);
+  return tf.add(tf.mul(xn, gamma), beta);
+}
+
+native(
+  "nn.ts's GroupNorm, SiLU and upsampling equal their autodiff definitions, values and gradients",
+  async () => {
+    for (const [shape, groups, offset] of [
+      [[3, 8, 8, 32], 8, 0],
+      [[2, 4, 6, 12], 3, 2.5], // a non-zero mean: the shifted formula must not lose precision
+      [[2, 5, 5, 8], 8, -1],
+    ] as Array<[[number, number, number, number], number, number]>) {
+      const c = shape[3];
+      const inputs = () => {
+        const x = tf.add(tf.tensor4d(randn(size(shape), 1500 + c), shape), offset) as tf.Tensor4D;
+        return {
+          x,
+          gamma: tf.tensor1d(randn(c, 1501 + c, 0.5)).add(1),
+          beta: tf.tensor1d(randn(c, 1502 + c, 0.5)),
+          dy: tf.tensor4d(randn(size(shape), 1503 + c), shape),
+        };
+      };
+      const custom = () => {
+        const { x, gamma, beta, dy } = inputs();
+        const f = (xx: tf.Tensor, g: tf.Tensor, bb: tf.Tensor) => {
+          const p: Params = new Map([
+            ['n.gamma', g],
+            ['n.beta', bb],
+          ]);
+          return tf.sum(tf.mul(silu(groupNorm(p, 'n', xx as tf.Tensor4D, groups)), dy));
+        };
+        const { value, grads } = tf.valueAndGrads(f)([x, gamma, beta]);
+        return [value, ...grads];
+      };
+      const reference = () => {
+        const { x, gamma, beta, dy } = inputs();
+        const f = (xx: tf.Tensor, g: tf.Tensor, bb: tf.Tensor) => {
+          const h = groupNormReference(xx as tf.Tensor4D, g, bb, groups);
+          return tf.sum(tf.mul(tf.mul(h, tf.sigmoid(h)), dy));
+        };
+        const { value, grads } = tf.valueAndGrads(f)([x, gamma, beta]);
+        return [value, ...grads];
+      };
+      const what = `groupNorm+silu ${JSON.stringify(shape)} groups ${groups} offset ${offset}`;
+      const expected = await on('cpu', reference);
+      assertClose(await on('cpu', custom), expected, `${what} (cpu)`);
+      assertClose(await on('cpu-native', custom), expected, `${what} (cpu-native)`);
+    }
+    const up = (fn: (x: tf.Tensor4D) => tf.Tensor) => () => {
+      const x = tf.tensor4d(randn(2 * 5 * 6 * 3, 1510), [2, 5, 6, 3]);
+      const dy = tf.tensor4d(randn(2 * 10 * 12 * 3, 1511), [2, 10, 12, 3]);
+      const { value, grads } = tf.valueAndGrads((xx: tf.Tensor) => tf.sum(tf.mul(fn(xx as tf.Tensor4D), dy)))(
+        [x],
+      );
+      return [value, ...grads];
+    };
+    // The previous definition: two tiles (their gradient is a sum of slices).
+    const tiled = up((x) => {
+      const [b, h, w, c] = x.shape;
+      const cols = tf.tile(tf.reshape(x, [b * h, w, 1, c]), [1, 1, 2, 1]);
+      return tf.reshape(tf.tile(tf.reshape(cols, [b * h, 1, 2 * w * c]), [1, 2, 1]), [b, 2 * h, 2 * w, c]);
+    });
+    const ours = up(upsampleNearest2x);
+    const expected = await on('cpu', tiled);
+    assertClose(await on('cpu', ours), expected, 'upsample (cpu)');
+    assertClose(await on('cpu-native', ours), expected, 'upsample (cpu-native)');
+  },
+);
+
+native('recycled output buffers: views, escaped arrays and reuse stay correct', async () => {
+  assert.ok(await tf.setBackend('cpu-native'));
+  const n = 64 * 1024; // above the pool's minimum size
+  const a = tf.tensor1d(randn(n, 1600));
+  const b = tf.tensor1d(randn(n, 1601));
+  const expectSum = Float32Array.from(a.dataSync(), (v, i) => v + (b.dataSync()[i] as number));
+  // A contiguous slice is a view into its input's buffer: it must keep the buffer from reuse.
+  const s = tf.tidy(() => tf.slice(tf.add(a, b), [1000], [5000]));
+  const sliced = Float32Array.from(expectSum.subarray(1000, 6000));
+  // Also a view far smaller than the pool's minimum buffer size.
+  const small = tf.tidy(() => tf.slice(tf.add(a, b), [20], [3]));
+  // Ops of the same size with other values: they would land in a wrongly recycled buffer.
+  for (let i = 0; i < 5; i++) tf.tidy(() => tf.mul(tf.sub(a, b), tf.sub(b, a)));
+  assert.deepEqual(Float32Array.from(s.dataSync()), sliced, 'slice view after its source was disposed');
+  assert.deepEqual(Float32Array.from(small.dataSync()), expectSum.subarray(20, 23), 'small slice view');
+  // dataSync() hands out the backing array: it must not be overwritten after disposal.
+  const t = tf.add(a, b);
+  const held = t.dataSync();
+  t.dispose();
+  for (let i = 0; i < 5; i++) tf.tidy(() => tf.mul(tf.sub(a, b), tf.sub(b, a)));
+  assert.deepEqual(Float32Array.from(held), expectSum, 'array returned by dataSync after dispose');
+  // Reused buffers are fully overwritten (no stale values leak into results).
+  const before = nativeBufferStats();
+  const r1 = tf.tidy(() => tf.add(a, b).dataSync().slice());
+  const r2 = tf.tidy(() => tf.add(a, b).dataSync().slice());
+  assert.deepEqual(r1, r2);
+  assert.deepEqual(Float32Array.from(r1), expectSum);
+  const after = nativeBufferStats();
+  assert.ok(before && after && after.reused > before.reused, 'outputs come from the pool');
+  tf.dispose([a, b, s, small]);
+});
+
+native('training-like steps on cpu-native: tensors flat, pool bounded, memory released on trim', async () => {
+  assert.ok(await tf.setBackend('cpu-native'));
+  const x = tf.tensor4d(randn(8 * 16 * 16 * 16, 1700), [8, 16, 16, 16]);
+  const w = tf.tensor4d(randn(3 * 3 * 16 * 16, 1701, 0.1), [3, 3, 16, 16]);
+  const p: Params = new Map([
+    ['n.gamma', tf.ones([16])],
+    ['n.beta', tf.zeros([16])],
+  ]);
+  const step = () =>
+    tf.tidy(() => {
+      const f = (xx: tf.Tensor, ww: tf.Tensor) => {
+        const h = silu(groupNorm(p, 'n', xx as tf.Tensor4D, 4));
+        const y = tf.conv2d(tf.concat([h, h], 3), tf.concat([ww, ww], 2) as tf.Tensor4D, 1, 'same');
+        return tf.mean(tf.square(upsampleNearest2x(y)));
+      };
+      const { value, grads } = tf.valueAndGrads(f)([x, w]);
+      value.dataSync();
+      grads.forEach((g) => g.dataSync());
+    });
+  for (let i = 0; i < 10; i++) step();
+  const tensors = tf.memory().numTensors;
+  const idle0 = nativeBufferStats()?.idleBytes ?? 0;
+  global.gc?.();
+  const rss0 = process.memoryUsage().rss;
+  for (let i = 0; i < 150; i++) {
+    step();
+    assert.equal(tf.memory().numTensors, tensors, `tensor count changed at step ${i}`);
+  }
+  global.gc?.();
+  const grown = process.memoryUsage().rss - rss0;
+  const st = nativeBufferStats();
+  assert.ok(st, 'pool stats');
+  assert.equal(st.idleBytes, idle0, 'the pool holds the same free buffers step after step');
+  assert.ok(grown < 40 * 2 ** 20, `RSS grew by ${(grown / 2 ** 20).toFixed(1)} MiB over 150 steps`);
+  trimNativeBuffers();
+  assert.equal(nativeBufferStats()?.idleBytes, 0, 'trim releases every free buffer');
+  tf.dispose([x, w, ...p.values()]);
 });
 
 native('a GroupNorm + SiLU + upsample + concat block and its gradients match cpu', async () => {

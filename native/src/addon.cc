@@ -175,7 +175,7 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
   const int op = info[0].As<Napi::Number>().Int32Value();
   F32 a = f32(info[1], "a"), b = f32(info[3], "b"), out = f32(info[5], "out");
   rd::Shape as = shapeOf(info[2], "a shape"), bs = shapeOf(info[4], "b shape"), os = shapeOf(info[6], "out shape");
-  if (op < rd::kAdd || op > rd::kSquaredDiff) throw Napi::RangeError::New(env, "unknown binary op");
+  if (op < rd::kAdd || op > rd::kMinimum) throw Napi::RangeError::New(env, "unknown binary op");
   if (as.size() > os.size() || bs.size() > os.size()) throw Napi::RangeError::New(env, "operand rank too large");
   for (const rd::Shape* s : {&as, &bs}) {
     for (size_t k = 0; k < s->size(); ++k) {
@@ -242,15 +242,61 @@ Napi::Value Tile(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// unary(op, x, out)
+// unary(op, x, out, alpha)
 Napi::Value Unary(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   const int op = info[0].As<Napi::Number>().Int32Value();
   F32 x = f32(info[1], "x"), out = f32(info[2], "out");
-  if (op < rd::kUnarySigmoid || op > rd::kUnarySquare) throw Napi::RangeError::New(env, "unknown unary op");
+  const float alpha = info.Length() > 3 ? info[3].As<Napi::Number>().FloatValue() : 0.f;
+  if (op < rd::kUnarySigmoid || op > rd::kUnaryLast) throw Napi::RangeError::New(env, "unknown unary op");
   need(env, out, (int64_t)x.length, "out");
   std::lock_guard<std::mutex> lk(g_call);
-  rd::unary(op, x.data, out.data, (int64_t)x.length);
+  rd::unary(op, x.data, out.data, (int64_t)x.length, alpha);
+  return env.Undefined();
+}
+
+// concat(xs: Float32Array[], inner: Int32Array, outer, out): out row r = row r of every x in turn.
+Napi::Value Concat(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "xs must be an array");
+  auto arr = info[0].As<Napi::Array>();
+  const size_t n = arr.Length();
+  const int32_t* in = i32(info[1], "inner", n).Data();
+  const int64_t outer = info[2].As<Napi::Number>().Int64Value();
+  F32 out = f32(info[3], "out");
+  if (outer < 0) throw Napi::RangeError::New(env, "negative outer size");
+  std::vector<const float*> xs(n);
+  std::vector<int64_t> inner(n);
+  int64_t width = 0;
+  for (size_t i = 0; i < n; ++i) {
+    F32 x = f32(arr.Get((uint32_t)i), "concat input");
+    if (in[i] < 0) throw Napi::RangeError::New(env, "negative inner size");
+    inner[i] = in[i];
+    need(env, x, outer * inner[i], "concat input");
+    xs[i] = x.data;
+    width += inner[i];
+  }
+  need(env, out, outer * width, "out");
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::concat(xs, inner, outer, out.data);
+  return env.Undefined();
+}
+
+// transpose(x, shape, perm, out)
+Napi::Value Transpose(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  F32 x = f32(info[0], "x"), out = f32(info[3], "out");
+  rd::Shape shape = shapeOf(info[1], "shape"), perm = shapeOf(info[2], "perm");
+  if (perm.size() != shape.size()) throw Napi::RangeError::New(env, "perm rank mismatch");
+  std::vector<bool> seen(shape.size(), false);
+  for (int64_t p : perm) {
+    if (p >= (int64_t)shape.size() || seen[p]) throw Napi::RangeError::New(env, "invalid permutation");
+    seen[p] = true;
+  }
+  need(env, x, sizeOf(shape), "x");
+  need(env, out, sizeOf(shape), "out");
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::transpose(x.data, shape, perm, out.data);
   return env.Undefined();
 }
 
@@ -301,6 +347,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("slice", Napi::Function::New(env, Slice));
   exports.Set("tile", Napi::Function::New(env, Tile));
   exports.Set("unary", Napi::Function::New(env, Unary));
+  exports.Set("concat", Napi::Function::New(env, Concat));
+  exports.Set("transpose", Napi::Function::New(env, Transpose));
   exports.Set("pad", Napi::Function::New(env, Pad));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("info", Napi::Function::New(env, Info));

@@ -6,6 +6,17 @@
 
 #include "kernels.h"
 
+// The loops below are written to auto-vectorise. On x86-64 the hot ones are compiled twice, for
+// the baseline (SSE2) and for AVX2, and the loader picks the version the CPU runs (GCC's
+// target_clones): the addon stays portable across the machines a build may be copied to.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define RD_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define RD_SIMD
+#endif
+// Helpers of RD_SIMD loops must inline into each clone to be compiled for its instruction set.
+#define RD_INLINE inline __attribute__((always_inline))
+
 namespace rd {
 
 namespace {
@@ -14,18 +25,21 @@ namespace {
 constexpr int64_t kGrain = 1 << 16;
 
 template <int Op>
-inline float apply(float a, float b) {
+RD_INLINE float apply(float a, float b) {
   if constexpr (Op == kAdd) return a + b;
   if constexpr (Op == kSub) return a - b;
   if constexpr (Op == kMul) return a * b;
   if constexpr (Op == kDiv) return a / b;
+  // Math.max/min semantics: NaN if either operand is NaN.
+  if constexpr (Op == kMaximum) return (a != a || b != b) ? a + b : (a > b ? a : b);
+  if constexpr (Op == kMinimum) return (a != a || b != b) ? a + b : (a < b ? a : b);
   const float d = a - b;
   return d * d;
 }
 
 // After collapsing, the innermost stride of each operand is 1 (varies) or 0 (broadcast).
 template <int Op>
-void row(const float* a, int64_t sa, const float* b, int64_t sb, float* out, int64_t n) {
+RD_INLINE void row(const float* a, int64_t sa, const float* b, int64_t sb, float* out, int64_t n) {
   if (sa && sb) {
     for (int64_t i = 0; i < n; ++i) out[i] = apply<Op>(a[i], b[i]);
   } else if (sa) {
@@ -43,8 +57,8 @@ void row(const float* a, int64_t sa, const float* b, int64_t sb, float* out, int
 // n2 rows of n1 elements: short inner rows (GroupNorm's C/G = 4 channels against a per-group
 // mean) would otherwise pay the outer odometer and an indirect call every few elements.
 template <int Op>
-void block(const float* a, int64_t sa2, int64_t sa1, const float* b, int64_t sb2, int64_t sb1, float* out,
-           int64_t n2, int64_t n1) {
+RD_SIMD void block(const float* a, int64_t sa2, int64_t sa1, const float* b, int64_t sb2, int64_t sb1, float* out,
+                   int64_t n2, int64_t n1) {
   for (int64_t j = 0; j < n2; ++j) row<Op>(a + j * sa2, sa1, b + j * sb2, sb1, out + j * n1, n1);
 }
 
@@ -60,6 +74,10 @@ BlockFn blockFor(int op) {
       return block<kMul>;
     case kDiv:
       return block<kDiv>;
+    case kMaximum:
+      return block<kMaximum>;
+    case kMinimum:
+      return block<kMinimum>;
     default:
       return block<kSquaredDiff>;
   }
@@ -144,14 +162,179 @@ void binary(int op, const float* a, const Shape& as, const float* b, const Shape
   });
 }
 
-void unary(int op, const float* x, float* out, int64_t n) {
+namespace {
+
+// exp(x) for float x, vectorisable: x = n·ln2 + r, |r| ≤ ln2/2, e^r from Cephes' degree-6
+// polynomial (≈1 ulp), 2^n applied as two factors so that overflow gives +inf and underflow
+// subnormals or 0 as std::exp would. NaN propagates through r. Written without branches beyond
+// selects (with -fno-trapping-math GCC if-converts and vectorises the whole loop).
+RD_INLINE float expApprox(float x) {
+  x = x < -104.f ? -104.f : x;
+  x = x > 88.8f ? 88.8f : x;
+  const float xc = x == x ? x : 0.f;  // keeps the integer conversion below defined for NaN
+  // floor(x·log2(e) + 1/2) by truncating a positive number (x·log2(e) ≥ −150.1 here).
+  const int32_t n = (int32_t)(xc * 1.44269504088896341f + 256.5f) - 256;
+  const float fn = (float)n;
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.f;
+  const int32_t h = n >> 1;  // n ∈ [−150, 128]: both factors are normal floats
+  const int32_t e1 = (h + 127) << 23, e2 = (n - h + 127) << 23;
+  float p1, p2;
+  std::memcpy(&p1, &e1, sizeof p1);
+  std::memcpy(&p2, &e2, sizeof p2);
+  return y * p1 * p2;
+}
+
+template <int Op>
+RD_SIMD void unaryRange(const float* __restrict x, float* __restrict out, int64_t n, float alpha) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    float r;
+    if constexpr (Op == kUnarySigmoid) {
+      r = 1.f / (1.f + expApprox(-v));
+    } else if constexpr (Op == kUnarySquare) {
+      r = v * v;
+    } else if constexpr (Op == kUnarySqrt) {
+      r = std::sqrt(v);
+    } else if constexpr (Op == kUnaryRsqrt) {
+      r = 1.f / std::sqrt(v);
+    } else if constexpr (Op == kUnaryNeg) {
+      r = -v;
+    } else if constexpr (Op == kUnaryRelu) {
+      r = v < 0.f ? 0.f : v;  // NaN stays NaN, like Math.max(0, x)
+    } else if constexpr (Op == kUnaryExp) {
+      r = expApprox(v);
+    } else if constexpr (Op == kUnaryStep) {
+      r = v > 0.f ? 1.f : alpha;
+      r = v != v ? v : r;
+    } else if constexpr (Op == kUnaryAbs) {
+      r = std::fabs(v);
+    } else {
+      r = 1.f / v;
+    }
+    out[i] = r;
+  }
+}
+
+using UnaryFn = void (*)(const float*, float*, int64_t, float);
+
+UnaryFn unaryFor(int op) {
+  switch (op) {
+    case kUnarySigmoid:
+      return unaryRange<kUnarySigmoid>;
+    case kUnarySquare:
+      return unaryRange<kUnarySquare>;
+    case kUnarySqrt:
+      return unaryRange<kUnarySqrt>;
+    case kUnaryRsqrt:
+      return unaryRange<kUnaryRsqrt>;
+    case kUnaryNeg:
+      return unaryRange<kUnaryNeg>;
+    case kUnaryRelu:
+      return unaryRange<kUnaryRelu>;
+    case kUnaryExp:
+      return unaryRange<kUnaryExp>;
+    case kUnaryStep:
+      return unaryRange<kUnaryStep>;
+    case kUnaryAbs:
+      return unaryRange<kUnaryAbs>;
+    default:
+      return unaryRange<kUnaryReciprocal>;
+  }
+}
+
+}  // namespace
+
+void unary(int op, const float* x, float* out, int64_t n, float alpha) {
+  const UnaryFn fn = unaryFor(op);
   const int64_t tasks = (n + kGrain - 1) / kGrain;
   pool().run(tasks, [&](long task, int) {
     const int64_t i0 = task * kGrain, i1 = std::min(n, i0 + kGrain);
-    if (op == kUnarySigmoid) {
-      for (int64_t i = i0; i < i1; ++i) out[i] = 1.f / (1.f + std::exp(-x[i]));
+    fn(x + i0, out + i0, i1 - i0, alpha);
+  });
+}
+
+void concat(const std::vector<const float*>& xs, const std::vector<int64_t>& inner, int64_t outer, float* out) {
+  int64_t width = 0;
+  for (int64_t w : inner) width += w;
+  if (outer == 0 || width == 0) return;
+  const int64_t perTask = std::max<int64_t>(1, kGrain / width);
+  pool().run((outer + perTask - 1) / perTask, [&](long task, int) {
+    const int64_t r0 = task * perTask, r1 = std::min(outer, r0 + perTask);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* o = out + r * width;
+      for (size_t i = 0; i < xs.size(); ++i) {
+        std::memcpy(o, xs[i] + r * inner[i], sizeof(float) * inner[i]);
+        o += inner[i];
+      }
+    }
+  });
+}
+
+void transpose(const float* x, const Shape& shape, const Shape& perm, float* out) {
+  const size_t r = shape.size();
+  int64_t total = 1;
+  for (int64_t d : shape) total *= d;
+  if (total == 0) return;
+  if (r == 0) {
+    out[0] = x[0];
+    return;
+  }
+  Shape xs(r, 1);
+  for (size_t k = r - 1; k-- > 0;) xs[k] = xs[k + 1] * shape[k + 1];
+  // Output axes with their strides in x, size-1 axes dropped and runs that stay contiguous in x
+  // merged, so the innermost loop is as long as possible.
+  Shape d, st;
+  for (size_t i = 0; i < r; ++i) {
+    const int64_t n = shape[perm[i]], s = xs[perm[i]];
+    if (n == 1) continue;
+    if (!d.empty() && st.back() == s * n) {
+      d.back() *= n;
+      st.back() = s;
     } else {
-      for (int64_t i = i0; i < i1; ++i) out[i] = x[i] * x[i];
+      d.push_back(n);
+      st.push_back(s);
+    }
+  }
+  if (d.empty()) {
+    out[0] = x[0];
+    return;
+  }
+  const size_t outer = d.size() - 1;
+  const int64_t inner = d.back(), is = st.back();
+  const int64_t rows = total / inner;
+  const int64_t perTask = std::max<int64_t>(1, kGrain / inner);
+  pool().run((rows + perTask - 1) / perTask, [&](long task, int) {
+    const int64_t r0 = task * perTask, r1 = std::min(rows, r0 + perTask);
+    Shape idx(outer, 0);
+    int64_t xo = 0, rem = r0;
+    for (size_t k = outer; k-- > 0;) {
+      idx[k] = rem % d[k];
+      rem /= d[k];
+      xo += idx[k] * st[k];
+    }
+    for (int64_t rr = r0; rr < r1; ++rr) {
+      float* o = out + rr * inner;
+      const float* xr = x + xo;
+      if (is == 1) {
+        std::memcpy(o, xr, sizeof(float) * inner);
+      } else {
+        for (int64_t j = 0; j < inner; ++j) o[j] = xr[j * is];
+      }
+      for (size_t k = outer; k-- > 0;) {
+        xo += st[k];
+        if (++idx[k] < d[k]) break;
+        xo -= st[k] * d[k];
+        idx[k] = 0;
+      }
     }
   });
 }
@@ -191,6 +374,147 @@ void pad(const float* x, const Shape& shape, const Shape& before, const Shape& a
   }
 }
 
+namespace {
+
+// Σ x[0..n) with eight float lanes over blocks of at most 1024 elements, each block's partial
+// added in double: vectorisable (a plain double accumulator is not, without -ffast-math) and
+// within a few float ulps of the double sum TF.js's JS loop computes.
+RD_INLINE double sumRowInline(const float* x, int64_t n) {
+  double total = 0;
+  for (int64_t i = 0; i < n; i += 1024) {
+    const int64_t m = std::min<int64_t>(n - i, 1024);
+    const float* p = x + i;
+    float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= m; j += 8)
+      for (int k = 0; k < 8; ++k) lane[k] += p[j + k];
+    double s = 0;
+    for (; j < m; ++j) s += p[j];
+    for (int k = 0; k < 8; ++k) s += lane[k];
+    total += s;
+  }
+  return total;
+}
+
+RD_SIMD double sumRow(const float* x, int64_t n) { return sumRowInline(x, n); }
+
+// acc[k] += Σ_j x[k·r + j] for k < K: K kept rows of r reduced elements.
+RD_SIMD void sumRows(const float* x, int64_t K, int64_t r, double* acc) {
+  if (r >= 32) {
+    for (int64_t k = 0; k < K; ++k) acc[k] += sumRowInline(x + k * r, r);
+    return;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* p = x + k * r;
+    float s = 0;
+    for (int64_t j = 0; j < r; ++j) s += p[j];
+    acc[k] += s;
+  }
+}
+
+// acc[k] += Σ_i x[i·K + k] for i < R: R reduced rows of K kept elements, summed in float over
+// 64 rows at a time.
+RD_SIMD void sumCols(const float* x, int64_t R, int64_t K, double* acc, float* tmp) {
+  for (int64_t i0 = 0; i0 < R; i0 += 64) {
+    const int64_t m = std::min<int64_t>(R - i0, 64);
+    const float* p = x + i0 * K;
+    for (int64_t k = 0; k < K; ++k) tmp[k] = p[k];
+    for (int64_t i = 1; i < m; ++i) {
+      const float* q = p + i * K;
+      for (int64_t k = 0; k < K; ++k) tmp[k] += q[k];
+    }
+    for (int64_t k = 0; k < K; ++k) acc[k] += tmp[k];
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Σ over the reduced groups of x, whose axes are already collapsed into alternating kept and
+// reduced groups `d` (no size-1 groups, at least one reduced), into acc (one double per output).
+void reduceGroups(const float* x, const Shape& d, const std::vector<bool>& red, std::vector<double>& acc) {
+  const size_t g = d.size();
+  int64_t outSize = 1, total = 1;
+  for (size_t i = 0; i < g; ++i) {
+    total *= d[i];
+    if (!red[i]) outSize *= d[i];
+  }
+  // The two innermost groups form a block that one call sums: K kept rows of r reduced
+  // elements, or R reduced rows of K kept elements. An odometer walks the outer groups; the
+  // output index moves only along kept ones (the block's outputs are contiguous).
+  Shape ost(g, 0);
+  for (int64_t stride = 1, k = (int64_t)g - 1; k >= 0; --k) {
+    if (!red[k]) {
+      ost[k] = stride;
+      stride *= d[k];
+    }
+  }
+  const bool innerReduced = red[g - 1];
+  const int64_t b1 = d[g - 1], b0 = g >= 2 ? d[g - 2] : 1;
+  const size_t outer = g >= 2 ? g - 2 : 0;
+  const int64_t blockElems = b0 * b1;
+  // Work is split into chunks along the outermost group (the block's first dim when there are
+  // no outer groups), sized from the shape alone. When that dim is reduced, chunks accumulate
+  // into private partials added in chunk order afterwards: results never depend on the thread
+  // count and repeat bit for bit.
+  const int64_t splitN = outer > 0 ? d[0] : (g >= 2 ? b0 : b1);
+  const bool splitReduced = outer > 0 ? red[0] : (g >= 2 ? red[g - 2] : true);
+  const int64_t perIndex = total / splitN;
+  int64_t per = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, perIndex));
+  if (splitReduced) {
+    const int64_t maxChunks = std::max<int64_t>(1, (int64_t)(1 << 21) / outSize);
+    per = std::max(per, (splitN + maxChunks - 1) / maxChunks);
+  }
+  const int64_t chunks = (splitN + per - 1) / per;
+  acc.assign((size_t)(outSize * (splitReduced ? chunks : 1)), 0.0);
+  const int64_t tmpLen = innerReduced ? 0 : b1;
+  pool().run(chunks, [&](long chunk, int) {
+    double* a = acc.data() + (splitReduced ? chunk * outSize : 0);
+    const int64_t i0 = chunk * per, i1 = std::min(splitN, i0 + per);
+    std::vector<float> tmp((size_t)tmpLen);
+    if (g == 1) {  // one reduced group: a plain sum
+      a[0] += sumRow(x + i0, i1 - i0);
+      return;
+    }
+    if (outer == 0) {  // just the block, split along its first dim
+      if (innerReduced) {
+        sumRows(x + i0 * b1, i1 - i0, b1, a + i0);
+      } else {
+        sumCols(x + i0 * b1, i1 - i0, b1, a, tmp.data());
+      }
+      return;
+    }
+    // Outer groups [0, outer): blocks of chunk i0..i1 along group 0.
+    const int64_t blocksPer0 = total / (d[0] * blockElems);
+    const int64_t n0 = (i1 - i0) * blocksPer0;
+    Shape idx(outer, 0);
+    idx[0] = i0;
+    int64_t oo = i0 * ost[0];
+    for (int64_t bi = 0; bi < n0; ++bi) {
+      const float* xb = x + (i0 * blocksPer0 + bi) * blockElems;
+      if (innerReduced) {
+        sumRows(xb, b0, b1, a + oo);
+      } else {
+        sumCols(xb, b0, b1, a + oo, tmp.data());
+      }
+      for (size_t k = outer; k-- > 0;) {
+        oo += ost[k];
+        if (++idx[k] < d[k] || k == 0) break;
+        oo -= ost[k] * d[k];
+        idx[k] = 0;
+      }
+    }
+  });
+  for (int64_t c = 1; splitReduced && c < chunks; ++c) {
+    const double* p = acc.data() + c * outSize;
+    for (int64_t i = 0; i < outSize; ++i) acc[i] += p[i];
+  }
+  acc.resize((size_t)outSize);
+}
+
+}  // namespace
+
 void reduceSum(const float* x, const Shape& shape, const std::vector<bool>& reduce, float* out, double scale) {
   // Collapse to alternating kept/reduced groups, dropping size-1 axes.
   Shape d;
@@ -213,62 +537,30 @@ void reduceSum(const float* x, const Shape& shape, const std::vector<bool>& redu
     std::fill(out, out + outSize, 0.f);
     return;
   }
-  if (d.empty()) {
-    out[0] = (float)(x[0] * scale);
+  if (d.empty() || (d.size() == 1 && !red[0])) {  // nothing to reduce
+    for (int64_t i = 0; i < total; ++i) out[i] = (float)(x[i] * scale);
     return;
   }
-  // Output strides of kept groups; reduced groups do not move the output offset.
+  std::vector<double> acc;
   const size_t g = d.size();
-  Shape os(g, 0);
-  for (int64_t stride = 1, k = (int64_t)g - 1; k >= 0; --k) {
-    if (!red[k]) {
-      os[k] = stride;
-      stride *= d[k];
+  if (g >= 3 && red[g - 1] && d[g - 1] < 16 && red[g - 3]) {
+    // [..., R reduced, K kept, r reduced] with a short r (GroupNorm statistics: [B, H·W, G, C/G]
+    // over H·W and C/G): rows of r elements would each cost a loop and an odometer step, so sum
+    // over R keeping K·r columns (vectorised), then fold r.
+    const int64_t K = d[g - 2], r = d[g - 1];
+    Shape d2(d.begin(), d.end() - 1);
+    std::vector<bool> red2(red.begin(), red.end() - 1);
+    d2.back() = K * r;
+    std::vector<double> wide;
+    reduceGroups(x, d2, red2, wide);
+    acc.assign((size_t)outSize, 0.0);
+    for (int64_t o = 0; o < outSize; ++o) {
+      double s = 0;
+      for (int64_t j = 0; j < r; ++j) s += wide[(size_t)(o * r + j)];
+      acc[(size_t)o] = s;
     }
-  }
-  // Sums in double, like TF.js's JS loop, so long reductions do not drift.
-  std::vector<double> acc((size_t)outSize, 0.0);
-  const int64_t inner = d.back();
-  const bool innerReduced = red.back();
-  const size_t outer = g - 1;
-  int64_t rows = total / inner;
-  auto run = [&](int64_t r0, int64_t r1) {
-    Shape idx(outer, 0);
-    int64_t oo = 0, rem = r0;
-    for (size_t k = outer; k-- > 0;) {
-      idx[k] = rem % d[k];
-      rem /= d[k];
-      oo += idx[k] * os[k];
-    }
-    for (int64_t rr = r0; rr < r1; ++rr) {
-      const float* xr = x + rr * inner;
-      if (innerReduced) {
-        double s = 0;
-        for (int64_t j = 0; j < inner; ++j) s += xr[j];
-        acc[oo] += s;
-      } else {
-        double* o = acc.data() + oo;
-        for (int64_t j = 0; j < inner; ++j) o[j] += xr[j];
-      }
-      for (size_t k = outer; k-- > 0;) {
-        oo += os[k];
-        if (++idx[k] < d[k]) break;
-        oo -= os[k] * d[k];
-        idx[k] = 0;
-      }
-    }
-  };
-  // Split across threads along the outermost group when it is kept: tasks then own disjoint
-  // outputs. (When it is reduced, e.g. a bias gradient, one pass over memory is already cheap.)
-  if (g > 1 && !red[0] && total >= 2 * kGrain) {
-    const int64_t rowsPer0 = rows / d[0];
-    const int64_t per = std::max<int64_t>(1, kGrain / (rowsPer0 * inner));
-    pool().run((d[0] + per - 1) / per, [&](long task, int) {
-      const int64_t i0 = task * per, i1 = std::min(d[0], i0 + per);
-      run(i0 * rowsPer0, i1 * rowsPer0);
-    });
   } else {
-    run(0, rows);
+    reduceGroups(x, d, red, acc);
   }
   for (int64_t i = 0; i < outSize; ++i) out[i] = (float)(acc[i] * scale);
 }

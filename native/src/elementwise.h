@@ -10,14 +10,34 @@ namespace rd {
 
 using Shape = std::vector<int64_t>;
 
-enum BinaryOp : int { kAdd = 0, kSub = 1, kMul = 2, kDiv = 3, kSquaredDiff = 4 };
+enum BinaryOp : int { kAdd = 0, kSub = 1, kMul = 2, kDiv = 3, kSquaredDiff = 4, kMaximum = 5, kMinimum = 6 };
 
 // out = a op b with NumPy/TF.js broadcasting; out has the broadcast shape `os`.
 void binary(int op, const float* a, const Shape& as, const float* b, const Shape& bs, float* out, const Shape& os);
 
-enum UnaryOp : int { kUnarySigmoid = 0, kUnarySquare = 1 };
+enum UnaryOp : int {
+  kUnarySigmoid = 0,
+  kUnarySquare = 1,
+  kUnarySqrt = 2,
+  kUnaryRsqrt = 3,
+  kUnaryNeg = 4,
+  kUnaryRelu = 5,
+  kUnaryExp = 6,
+  kUnaryStep = 7,  // x > 0 ? 1 : alpha (NaN stays NaN)
+  kUnaryAbs = 8,
+  kUnaryReciprocal = 9,
+};
+constexpr int kUnaryLast = kUnaryReciprocal;
 
-void unary(int op, const float* x, float* out, int64_t n);
+// out = op(x) elementwise; `alpha` is Step's value for x <= 0.
+void unary(int op, const float* x, float* out, int64_t n, float alpha);
+
+// out = the inputs joined along one axis: viewed as [outer, inner_i], row r of out is row r of
+// every input in turn.
+void concat(const std::vector<const float*>& xs, const std::vector<int64_t>& inner, int64_t outer, float* out);
+
+// out = x with its axes permuted: out.shape[i] = shape[perm[i]].
+void transpose(const float* x, const Shape& shape, const Shape& perm, float* out);
 
 // out = x surrounded by before[i]/after[i] elements equal to value along each axis.
 void pad(const float* x, const Shape& shape, const Shape& before, const Shape& after, float value, float* out);

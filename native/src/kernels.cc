@@ -12,6 +12,13 @@ extern "C" {
 void openblas_set_num_threads(int num_threads);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define RD_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define RD_SIMD
+#endif
+#define RD_INLINE inline __attribute__((always_inline))
+
 namespace rd {
 
 namespace {
@@ -67,6 +74,13 @@ void im2colRows(const ConvGeom& g, const float* x, int64_t r0, int64_t r1, float
         continue;
       }
       const float* xrow = xn + ih * g.W * g.C;
+      const int64_t iw0 = ow * g.sw - g.pl;
+      if (g.dw == 1 && iw0 >= 0 && iw0 + g.KW <= g.W) {
+        // Interior pixel: the kernel row's taps are one contiguous run of KW·C floats.
+        std::memcpy(o, xrow + iw0 * g.C, cbytes * g.KW);
+        o += g.KW * g.C;
+        continue;
+      }
       for (int64_t kw = 0; kw < g.KW; ++kw) {
         const int64_t iw = ow * g.sw - g.pl + kw * g.dw;
         if (iw < 0 || iw >= g.W) {
@@ -134,6 +148,128 @@ void epilogue(float* y, int64_t rows, int64_t cols, int64_t ldy, int64_t col0, c
   }
 }
 
+// ---- Thin convolutions: one input or one output channel ---------------------------------------
+// With C = 1 (the U-Net's first conv) or OC = 1 (its last), im2col + GEMM degenerates into a
+// matrix-vector product that spends its time in im2col: these direct loops run 1.5-5x faster.
+
+// Σ a[i]·b[i] over eight float lanes (vectorisable without reassociation flags).
+RD_INLINE float dot(const float* a, const float* b, int64_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) lane[k] += a[i + k] * b[i + k];
+  float s = 0;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int k = 0; k < 8; ++k) s += lane[k];
+  return s;
+}
+
+// Valid kernel taps [k0, k1) along one axis for output position o.
+RD_INLINE void tapRange(int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t K, int64_t size, int64_t* k0,
+                        int64_t* k1) {
+  const int64_t base = o * stride - pad;
+  int64_t a = 0, b = K;
+  while (a < K && base + a * dil < 0) ++a;
+  while (b > a && base + (b - 1) * dil >= size) --b;
+  *k0 = a;
+  *k1 = b;
+}
+
+// y[n, oh, ow, 0] for OC = 1: a dot product per output pixel (contiguous over kw·C when dw = 1).
+RD_SIMD void convRowsOC1(const ConvGeom& g, const float* x, const float* w, float* y, int64_t row0, int64_t row1) {
+  for (int64_t row = row0; row < row1; ++row) {  // row = (n, oh)
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    int64_t kh0, kh1;
+    tapRange(oh, g.sh, g.pt, g.dh, g.KH, g.H, &kh0, &kh1);
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      int64_t kw0, kw1;
+      tapRange(ow, g.sw, g.pl, g.dw, g.KW, g.W, &kw0, &kw1);
+      float s = 0;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = oh * g.sh - g.pt + kh * g.dh;
+        const float* xr = x + ((n * g.H + ih) * g.W) * g.C;
+        const float* wr = w + kh * g.KW * g.C;
+        const int64_t iw0 = ow * g.sw - g.pl;
+        if (g.dw == 1) {
+          s += dot(xr + (iw0 + kw0) * g.C, wr + kw0 * g.C, (kw1 - kw0) * g.C);
+        } else {
+          for (int64_t kw = kw0; kw < kw1; ++kw) s += dot(xr + (iw0 + kw * g.dw) * g.C, wr + kw * g.C, g.C);
+        }
+      }
+      y[row * g.OW + ow] = s;
+    }
+  }
+}
+
+// y[n, oh, ow, :] for C = 1: one OC-wide axpy per kernel tap.
+RD_SIMD void convRowsC1(const ConvGeom& g, const float* x, const float* w, float* y, int64_t row0, int64_t row1) {
+  for (int64_t row = row0; row < row1; ++row) {
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    int64_t kh0, kh1;
+    tapRange(oh, g.sh, g.pt, g.dh, g.KH, g.H, &kh0, &kh1);
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      int64_t kw0, kw1;
+      tapRange(ow, g.sw, g.pl, g.dw, g.KW, g.W, &kw0, &kw1);
+      float* o = y + (row * g.OW + ow) * g.OC;
+      for (int64_t oc = 0; oc < g.OC; ++oc) o[oc] = 0.f;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = oh * g.sh - g.pt + kh * g.dh;
+        for (int64_t kw = kw0; kw < kw1; ++kw) {
+          const int64_t iw = ow * g.sw - g.pl + kw * g.dw;
+          const float v = x[(n * g.H + ih) * g.W + iw];
+          const float* wr = w + (kh * g.KW + kw) * g.OC;
+          for (int64_t oc = 0; oc < g.OC; ++oc) o[oc] += v * wr[oc];
+        }
+      }
+    }
+  }
+}
+
+// dw += Σ over output rows [row0, row1) of x patch ⊗ dy, for C = 1 or OC = 1.
+RD_SIMD void filterRowsThin(const ConvGeom& g, const float* x, const float* dy, float* dw, int64_t row0,
+                            int64_t row1) {
+  for (int64_t row = row0; row < row1; ++row) {
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    int64_t kh0, kh1;
+    tapRange(oh, g.sh, g.pt, g.dh, g.KH, g.H, &kh0, &kh1);
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      int64_t kw0, kw1;
+      tapRange(ow, g.sw, g.pl, g.dw, g.KW, g.W, &kw0, &kw1);
+      const float* d = dy + (row * g.OW + ow) * g.OC;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = oh * g.sh - g.pt + kh * g.dh;
+        for (int64_t kw = kw0; kw < kw1; ++kw) {
+          const int64_t iw = ow * g.sw - g.pl + kw * g.dw;
+          const float* xp = x + ((n * g.H + ih) * g.W + iw) * g.C;
+          float* o = dw + (kh * g.KW + kw) * g.C * g.OC;
+          if (g.OC == 1) {
+            const float dv = d[0];
+            for (int64_t c = 0; c < g.C; ++c) o[c] += xp[c] * dv;
+          } else {
+            for (int64_t c = 0; c < g.C; ++c) {
+              const float xv = xp[c];
+              float* oc = o + c * g.OC;
+              for (int64_t k = 0; k < g.OC; ++k) oc[k] += xv * d[k];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+bool isThin(const ConvGeom& g) { return g.OC == 1 || g.C == 1; }
+
+RD_SIMD void addRow(float* __restrict o, const float* __restrict a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] += a[i];
+}
+
+// Output rows (n, oh) per task for the direct loops.
+int64_t thinRowsPerTask(const ConvGeom& g) {
+  const int64_t perRow = std::max<int64_t>(1, g.OW * g.KH * g.KW * std::max(g.C, g.OC));
+  return std::max<int64_t>(1, (1 << 16) / perRow);
+}
+
 }  // namespace
 
 Pool& pool() { return g_pool; }
@@ -148,6 +284,19 @@ void setThreads(int poolN, int blasN) {
 
 void conv2dForward(const ConvGeom& g, const float* x, const float* w, float* y, const Epilogue& ep) {
   const int64_t M = g.N * g.OH * g.OW, K = g.KH * g.KW * g.C;
+  if (isThin(g)) {
+    const int64_t rowsN = g.N * g.OH, per = thinRowsPerTask(g);
+    g_pool.run((rowsN + per - 1) / per, [&](long task, int) {
+      const int64_t r0 = task * per, r1 = std::min(rowsN, r0 + per);
+      if (g.OC == 1) {
+        convRowsOC1(g, x, w, y, r0, r1);
+      } else {
+        convRowsC1(g, x, w, y, r0, r1);
+      }
+      epilogue(y + r0 * g.OW * g.OC, (r1 - r0) * g.OW, g.OC, g.OC, 0, ep);
+    });
+    return;
+  }
   const bool pointwise = isPointwise(g);
   const int64_t rows = rowsPerTask(M, K, g_pool.size());
   const int64_t ntasks = (M + rows - 1) / rows;
@@ -211,7 +360,8 @@ void conv2dBackpropInput(const ConvGeom& g, const float* dy, const float* w, flo
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)K, (int)g.OC, 1.f, dyg + r0 * g.OC,
                   (int)g.OC, w, (int)g.OC, 0.f, dcol + r0 * K, (int)K);
     });
-    // One task per dx row (image n, input row ih).
+    // One task per dx row (image n, input row ih): for each kernel row that reaches it, walk the
+    // output columns and add their dcol entries to the input pixels they read.
     g_pool.run(gn * g.H, [&](long task, int) {
       const int64_t ln = task / g.H, ih = task % g.H;
       float* out = dx + ((n0 + ln) * g.H + ih) * g.W * g.C;
@@ -222,15 +372,12 @@ void conv2dBackpropInput(const ConvGeom& g, const float* dy, const float* w, flo
         if (th < 0 || th % g.sh != 0) continue;
         const int64_t oh = th / g.sh;
         if (oh >= g.OH) continue;
-        for (int64_t iw = 0; iw < g.W; ++iw) {
-          float* o = out + iw * g.C;
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            const int64_t tw = iw + g.pl - kw * g.dw;
-            if (tw < 0 || tw % g.sw != 0) continue;
-            const int64_t ow = tw / g.sw;
-            if (ow >= g.OW) continue;
-            const float* src = dcoln + (oh * g.OW + ow) * K + (kh * g.KW + kw) * g.C;
-            for (int64_t c = 0; c < g.C; ++c) o[c] += src[c];
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const float* src = dcoln + oh * g.OW * K + (kh * g.KW + kw) * g.C;
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t iw = ow * g.sw - g.pl + kw * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            addRow(out + iw * g.C, src + ow * K, g.C);
           }
         }
       }
@@ -240,6 +387,25 @@ void conv2dBackpropInput(const ConvGeom& g, const float* dy, const float* w, flo
 
 void conv2dBackpropFilter(const ConvGeom& g, const float* x, const float* dy, float* dw) {
   const int64_t M = g.N * g.OH * g.OW, K = g.KH * g.KW * g.C;
+  if (isThin(g)) {
+    // Lanes own partial filters and strided sets of row blocks, summed in lane order.
+    const int64_t rowsN = g.N * g.OH, per = thinRowsPerTask(g), ntasks = (rowsN + per - 1) / per;
+    const int64_t lanes = std::min<int64_t>(g_pool.size(), ntasks), kout = K * g.OC;
+    float* partials = shared((size_t)(lanes * kout));
+    g_pool.run(lanes, [&](long lane, int) {
+      float* acc = lane == 0 ? dw : partials + lane * kout;
+      std::memset(acc, 0, sizeof(float) * kout);
+      for (int64_t task = lane; task < ntasks; task += lanes) {
+        const int64_t r0 = task * per;
+        filterRowsThin(g, x, dy, acc, r0, std::min(rowsN, r0 + per));
+      }
+    });
+    for (int64_t lane = 1; lane < lanes; ++lane) {
+      const float* p = partials + lane * kout;
+      for (int64_t i = 0; i < kout; ++i) dw[i] += p[i];
+    }
+    return;
+  }
   const bool pointwise = isPointwise(g);
   const int64_t rows = rowsPerTask(M, K, g_pool.size());
   const int64_t ntasks = (M + rows - 1) / rows;

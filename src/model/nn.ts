@@ -178,40 +178,111 @@ export function linear(p: Params, name: string, x: tf.Tensor2D): tf.Tensor2D {
  */
 export function conv2d(p: Params, name: string, x: tf.Tensor4D, stride: 1 | 2 = 1): tf.Tensor4D {
   const kernel = param(p, `${name}.kernel`) as tf.Tensor4D;
+  const bias = param(p, `${name}.bias`);
   const k = kernel.shape[0];
-  let y: tf.Tensor4D;
+  // The bias is fused into the convolution (one kernel, no separate full-size add); with a
+  // linear activation TF.js keeps the fused kernel under gradients too.
   if (stride === 1) {
     // For stride 1 and odd k, 'same' pads (k−1)/2 on both sides: identical to PyTorch.
-    y = tf.conv2d(x, kernel, 1, 'same');
-  } else {
-    // 'same' with stride 2 on an even size pads 0 before and 1 after, shifting the sampling grid
-    // by one pixel with respect to PyTorch (which pads 1 before): pad explicitly instead.
-    const pad = (k - 1) / 2;
-    const xp = tf.pad(x, [
-      [0, 0],
-      [pad, pad],
-      [pad, pad],
-      [0, 0],
-    ]);
-    y = tf.conv2d(xp, kernel, stride, 'valid');
+    return tf.fused.conv2d({ x, filter: kernel, strides: 1, pad: 'same', bias });
   }
-  return tf.add(y, param(p, `${name}.bias`));
+  // 'same' with stride 2 on an even size pads 0 before and 1 after, shifting the sampling grid
+  // by one pixel with respect to PyTorch (which pads 1 before): pad explicitly instead.
+  const pad = (k - 1) / 2;
+  const xp = tf.pad(x, [
+    [0, 0],
+    [pad, pad],
+    [pad, pad],
+    [0, 0],
+  ]);
+  return tf.fused.conv2d({ x: xp, filter: kernel, strides: stride, pad: 'valid', bias });
 }
 
-/** GroupNorm over x [B, H, W, C] with `groups` groups (statistics per example and group), eps 1e-5. */
+/**
+ * GroupNorm over x [B, H, W, C] with `groups` groups (statistics per example and group), eps 1e-5:
+ * y = γ·(x − μ)/√(σ² + ε) + β, σ² the biased variance, as PyTorch's nn.GroupNorm.
+ *
+ * Written with an explicit gradient: autodiff of the textbook composition (moments, subtract,
+ * scale, affine) costs about twenty-five full-size tensor passes forward and backward, this
+ * twelve. Forward: μ, σ² (two reductions and one pass), then y = x·a + s with per-(example,
+ * channel) a = γ/√(σ² + ε) and s = β − μ·a. Backward: S1 = Σ_hw dy and S2 = Σ_hw dy·x per
+ * (example, channel) (three passes), dx in four; the rest is per-(example, channel) algebra:
+ *   dβ = Σ_b S1,  dγ = Σ_b r·(S2 − μ·S1),  dx = a·dy + k·x + c,
+ *   k = −r²·m2, c = −k·μ − r·m1, r = 1/√(σ² + ε), m1 = Σ_g γ·S1 / n, m2 = Σ_g γ·r·(S2 − μ·S1) / n
+ * (n = H·W·C/G, Σ_g over the channels of a group).
+ */
 export function groupNorm(p: Params, name: string, x: tf.Tensor4D, groups: number): tf.Tensor4D {
-  const [b, h, w, c] = x.shape;
+  const c = x.shape[3];
   if (c % groups !== 0) throw new Error(`${name}: ${groups} groups do not divide ${c} channels`);
-  const xr = tf.reshape(x, [b, h, w, groups, c / groups]);
-  const { mean, variance } = tf.moments(xr, [1, 2, 4], true);
-  const xn = tf.reshape(tf.mul(tf.sub(xr, mean), tf.rsqrt(tf.add(variance, GN_EPS))), [b, h, w, c]);
-  return tf.add(tf.mul(xn, param(p, `${name}.gamma`)), param(p, `${name}.beta`));
+  return groupNormOp(groups)(x, param(p, `${name}.gamma`), param(p, `${name}.beta`)) as tf.Tensor4D;
 }
 
-/** SiLU x·σ(x), elementwise; same shape as x. */
-export function silu<T extends tf.Tensor>(x: T): T {
-  return tf.mul(x, tf.sigmoid(x));
+const groupNormOps = new Map<number, (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor>();
+
+function groupNormOp(groups: number): (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor {
+  let op = groupNormOps.get(groups);
+  if (op) return op;
+  op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [x, gamma, beta, save] = args as [tf.Tensor4D, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const [b, h, w, c] = x.shape;
+    const cg = c / groups;
+    const xr = tf.reshape(x, [b, h * w, groups, cg]);
+    const mean = tf.mean(xr, [1, 3], true); // [B, 1, G, 1]
+    // (x − μ)² against μ repeated per channel, [B, 1, 1, C]: broadcasting a per-group value over
+    // runs of C/G channels would make the inner loop C/G elements long.
+    const meanC = tf.reshape(tf.tile(mean, [1, 1, 1, cg]), [b, 1, 1, c]);
+    const dev2 = tf.reshape(tf.squaredDifference(x, meanC), [b, h * w, groups, cg]);
+    const variance = tf.mean(dev2, [1, 3], true);
+    const rstd = tf.rsqrt(tf.add(variance, GN_EPS));
+    const g = tf.reshape(gamma, [1, 1, groups, cg]);
+    const a = tf.mul(rstd, g); // [B, 1, G, C/G]
+    const shift = tf.sub(tf.reshape(beta, [1, 1, groups, cg]), tf.mul(mean, a));
+    const y = tf.add(tf.mul(x, tf.reshape(a, [b, 1, 1, c])), tf.reshape(shift, [b, 1, 1, c]));
+    save([x, g, mean, rstd, a]);
+    const gradFunc = (dy: tf.Tensor, saved: tf.Tensor[]): tf.Tensor[] => {
+      const [sx, sg, smean, srstd, sa] = saved as [tf.Tensor4D, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+      const n = h * w * cg;
+      const perChannel = (t: tf.Tensor): tf.Tensor => tf.reshape(t, [b, 1, 1, c]);
+      const perGroup = (t: tf.Tensor): tf.Tensor => perChannel(tf.tile(t, [1, 1, 1, cg]));
+      const s1 = tf.reshape(tf.sum(dy, [1, 2]), [b, 1, groups, cg]);
+      const s2 = tf.reshape(tf.sum(tf.mul(dy, sx), [1, 2]), [b, 1, groups, cg]);
+      const t = tf.mul(srstd, tf.sub(s2, tf.mul(smean, s1))); // Σ_hw dy·x̂
+      const m1 = tf.div(tf.sum(tf.mul(sg, s1), 3, true), n);
+      const m2 = tf.div(tf.sum(tf.mul(sg, t), 3, true), n);
+      const k = tf.neg(tf.mul(tf.square(srstd), m2));
+      const cst = tf.neg(tf.add(tf.mul(k, smean), tf.mul(srstd, m1)));
+      const dx = tf.add(tf.add(tf.mul(dy, perChannel(sa)), tf.mul(sx, perGroup(k))), perGroup(cst));
+      const dgamma = tf.reshape(tf.sum(t, [0, 1]), gamma.shape);
+      const dbeta = tf.reshape(tf.sum(s1, [0, 1]), beta.shape);
+      return [dx, dgamma, dbeta];
+    };
+    return { value: y, gradFunc };
+  });
+  groupNormOps.set(groups, op);
+  return op;
 }
+
+/**
+ * SiLU x·σ(x), elementwise; same shape as x. Its gradient σ(x)·(1 + x·(1 − σ(x))) is written as
+ * dy·(σ·(1 − y) + y) from the saved σ and y: four passes instead of autodiff's six.
+ */
+export function silu<T extends tf.Tensor>(x: T): T {
+  return siluOp(x) as T;
+}
+
+const siluOp = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+  const s = tf.sigmoid(x);
+  const y = tf.mul(x, s);
+  save([s, y]);
+  return {
+    value: y,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [ss, sy] = saved as [tf.Tensor, tf.Tensor];
+      return tf.mul(dy, tf.add(tf.mul(ss, tf.sub(1, sy)), sy));
+    },
+  };
+});
 
 /**
  * Width of the sinusoidal features feeding a time-embedding MLP of width `tdim`: tdim/4 rounded
@@ -269,12 +340,12 @@ export function selfAttention(
 
 /** Nearest-neighbour ×2 upsampling: x [B, H, W, C] → [B, 2H, 2W, C]. */
 export function upsampleNearest2x(x: tf.Tensor4D): tf.Tensor4D {
-  // reshape + tile instead of resizeNearestNeighbor: tile's gradient exists on every backend as
-  // long as the rank is ≤ 4, so each axis is doubled in a separate rank-≤4 step.
+  // A broadcast add of zeros [1, 2, 1, 2, 1] to x viewed as [B·H, 1, W, 1, C] repeats every pixel
+  // 2×2 in one pass, and its gradient is one sum over the two repeat axes (tile's gradient, by
+  // contrast, is a zero tensor plus a slice and an add per copy, and only up to rank 4).
   const [b, h, w, c] = x.shape;
-  const cols = tf.tile(tf.reshape(x, [b * h, w, 1, c]), [1, 1, 2, 1]); // [B·H, W, 2, C]
-  const rows = tf.tile(tf.reshape(cols, [b * h, 1, 2 * w * c]), [1, 2, 1]); // [B·H, 2, 2W·C]
-  return tf.reshape(rows, [b, 2 * h, 2 * w, c]);
+  const up = tf.add(tf.reshape(x, [b * h, 1, w, 1, c]), tf.zeros([1, 2, 1, 2, 1])); // [B·H, 2, W, 2, C]
+  return tf.reshape(up, [b, 2 * h, 2 * w, c]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
 /**
  * The `cpu-native` TF.js backend: TF.js's own `cpu` backend (same tensor storage, every kernel
  * copied) with the kernels that dominate training replaced by the N-API addon in `native/`:
- * convolutions and matrix products (im2col + OpenBLAS sgemm), and the memory-bound kernels whose
- * JS versions index element by element (broadcast binary ops, Sum/Mean, Slice/SplitV, Tile,
- * PadV2, Sigmoid, Square). All run on a thread pool sized by RINGDIFF_THREADS.
+ * convolutions and matrix products (im2col + OpenBLAS sgemm, direct loops for one-channel
+ * convolutions), and the memory-bound kernels whose JS versions index element by element or call
+ * a closure per element (broadcast binary ops, Sum/Mean, Slice/SplitV, Concat, Transpose, Tile,
+ * PadV2, and the unary ops of training: Sigmoid, Square, Sqrt, Rsqrt, Neg, Relu, Step, Exp, Abs,
+ * Reciprocal). All run on a thread pool sized by RINGDIFF_THREADS.
+ *
+ * Kernel outputs come from a pool of recycled buffers (`BufferPool`): allocating a fresh
+ * zero-filled Float32Array per kernel cost more than many kernels themselves, and kept V8's
+ * garbage collector busy.
  *
  * Each override falls back to the original `cpu` kernel for what the addon does not handle
  * (non-float32 dtypes, NCHW, exotic bias broadcasts), so the backend is always complete.
@@ -34,8 +40,19 @@ type Floats = Float32Array;
 type Act = 0 | 1 | 2 | 3 | 4 | 5 | 6;
 
 // Operation codes shared with native/src (Act in kernels.h, BinaryOp/UnaryOp in elementwise.h).
-const BINARY = { add: 0, sub: 1, mul: 2, div: 3, squaredDifference: 4 } as const;
-const UNARY = { sigmoid: 0, square: 1 } as const;
+const BINARY = { add: 0, sub: 1, mul: 2, div: 3, squaredDifference: 4, maximum: 5, minimum: 6 } as const;
+const UNARY = {
+  sigmoid: 0,
+  square: 1,
+  sqrt: 2,
+  rsqrt: 3,
+  neg: 4,
+  relu: 5,
+  exp: 6,
+  step: 7,
+  abs: 8,
+  reciprocal: 9,
+} as const;
 
 /** The addon's exports (native/src/addon.cc). */
 interface Addon {
@@ -75,7 +92,9 @@ interface Addon {
   reduceSum(x: Floats, shape: Int32Array, reduceMask: Int32Array, out: Floats, scale: number): void;
   slice(x: Floats, shape: Int32Array, begin: Int32Array, size: Int32Array, out: Floats): void;
   tile(x: Floats, shape: Int32Array, reps: Int32Array, out: Floats): void;
-  unary(op: number, x: Floats, out: Floats): void;
+  unary(op: number, x: Floats, out: Floats, alpha: number): void;
+  concat(xs: Floats[], inner: Int32Array, outer: number, out: Floats): void;
+  transpose(x: Floats, shape: Int32Array, perm: Int32Array, out: Floats): void;
   pad(x: Floats, shape: Int32Array, before: Int32Array, after: Int32Array, value: number, out: Floats): void;
   setThreads(pool: number, blas: number): void;
   info(): { blas: string; core: string; threads: number; blasThreads: number };
@@ -131,6 +150,241 @@ export function setNativeThreads(threads: number): void {
   // pool, which also parallelises im2col/col2im, and two thread pools would fight for 2 cores.
   addon?.setThreads(Math.max(1, Math.floor(threads)), 1);
   if (status?.ok) status = { ...status, threads: addon?.info().threads ?? status.threads };
+}
+
+const sizeOf = (shape: readonly number[]): number => shape.reduce((p, d) => p * d, 1);
+/** An Int32Array copy of a shape (Int32Array.from goes through the iterator protocol: slow). */
+function i32(xs: readonly number[]): Int32Array {
+  const out = new Int32Array(xs.length);
+  for (let i = 0; i < xs.length; i++) out[i] = xs[i] as number;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output buffers
+
+/**
+ * Recycles the Float32Arrays the native kernels write their outputs to. A fresh `Float32Array`
+ * of a few MiB costs more than the kernel that fills it (the kernel zero-fills it, then page-faults
+ * on every 4 KiB page), and the external memory it adds makes V8 run a mark-compact GC every few
+ * dozen kernels. A training step allocates the same sizes step after step, so buffers whose last
+ * tensor was disposed go back to an exact-size free list and are handed out again.
+ *
+ * Safety: a buffer is reused only when no tensor refers to it any more (every `write`/`move` of a
+ * tensor whose values live in it counts a reference, every deletion in `disposeData` drops one:
+ * zero-copy views such as contiguous slices count too) and it never escaped: `readSync` (behind
+ * `dataSync()`, `data()`, `array()`, `bufferSync()`) hands the backing array itself to the caller,
+ * who may keep it after disposing the tensor, so such buffers are left to the garbage collector.
+ *
+ * Memory: free buffers are bounded (`POOL_MAX_FREE_BYTES`) and dropped once unused for a few
+ * seconds (an unref'd timer, so it never keeps the process alive), and all of them when the
+ * backend is disposed or `trimNativeBuffers()` is called.
+ */
+class BufferPool {
+  /** Below this a JS allocation is cheap (and V8 may keep it on the heap): not pooled. */
+  static readonly MIN_BYTES = 16 * 1024;
+  /** Buffers of this pool, live or free: references from tensor data. */
+  private readonly refs = new WeakMap<ArrayBuffer, number>();
+  /** Free buffers by byte length, most recently freed last. */
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  /** Free lists used since the last sweep (kept), by byte length. */
+  private readonly touched = new Set<number>();
+  private freeBytes = 0;
+  private timer: NodeJS.Timeout | null = null;
+  /** Counters for tests and benchmarks. */
+  readonly stats = { allocs: 0, reused: 0, released: 0, escaped: 0, dropped: 0 };
+
+  constructor(
+    private readonly maxFreeBytes: number,
+    private readonly idleMs: number,
+  ) {}
+
+  /** An uninitialised-by-contract Float32Array of n elements: the kernel writes every element. */
+  alloc(n: number): Float32Array {
+    const bytes = n * 4;
+    if (bytes < BufferPool.MIN_BYTES) return new Float32Array(n);
+    this.stats.allocs++;
+    const list = this.free.get(bytes);
+    let buf = list?.pop();
+    if (buf) {
+      this.stats.reused++;
+      this.freeBytes -= bytes;
+      this.touched.add(bytes);
+    } else {
+      buf = new ArrayBuffer(bytes);
+    }
+    this.refs.set(buf, 0);
+    return new Float32Array(buf);
+  }
+
+  /** A tensor's data now refers to `values`. */
+  retain(values: unknown): void {
+    const buf = bufferOf(values);
+    if (!buf) return;
+    const r = this.refs.get(buf);
+    if (r !== undefined) this.refs.set(buf, r + 1);
+  }
+
+  /** A tensor's data referring to `values` was deleted. */
+  release(values: unknown): void {
+    const buf = bufferOf(values);
+    if (!buf) return;
+    const r = this.refs.get(buf);
+    if (r === undefined) return;
+    if (r > 1) {
+      this.refs.set(buf, r - 1);
+      return;
+    }
+    this.refs.delete(buf);
+    const bytes = buf.byteLength;
+    if (this.freeBytes + bytes > this.maxFreeBytes) {
+      this.stats.dropped++;
+      return;
+    }
+    this.stats.released++;
+    let list = this.free.get(bytes);
+    if (!list) {
+      list = [];
+      this.free.set(bytes, list);
+    }
+    list.push(buf);
+    this.refs.set(buf, 0);
+    this.freeBytes += bytes;
+    this.touched.add(bytes);
+    this.schedule();
+  }
+
+  /** `values` was handed out of the backend: never reuse its buffer. */
+  escape(values: unknown): void {
+    const buf = bufferOf(values);
+    if (buf && this.refs.delete(buf)) this.stats.escaped++;
+  }
+
+  /** Bytes held in free lists. */
+  get idleBytes(): number {
+    return this.freeBytes;
+  }
+
+  /** Drops every free buffer (the garbage collector then returns the memory). */
+  trim(): void {
+    for (const list of this.free.values()) for (const b of list) this.refs.delete(b);
+    this.free.clear();
+    this.touched.clear();
+    this.freeBytes = 0;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** Drops free lists of sizes not used since the previous sweep. */
+  private sweep(): void {
+    for (const [bytes, list] of this.free) {
+      if (this.touched.has(bytes)) continue;
+      for (const b of list) this.refs.delete(b);
+      this.freeBytes -= bytes * list.length;
+      this.stats.dropped += list.length;
+      this.free.delete(bytes);
+    }
+    this.touched.clear();
+    if (this.free.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  private schedule(): void {
+    if (this.timer || this.idleMs <= 0) return;
+    this.timer = setInterval(() => this.sweep(), this.idleMs);
+    this.timer.unref();
+  }
+}
+
+/** The ArrayBuffer under `values` if it may be one of the pool's (views of any size count). */
+function bufferOf(values: unknown): ArrayBuffer | null {
+  if (!(values instanceof Float32Array)) return null;
+  const buf = values.buffer as ArrayBuffer;
+  return buf.byteLength >= BufferPool.MIN_BYTES ? buf : null;
+}
+
+/** Free buffers kept for reuse at most (beyond it, freed buffers go to the garbage collector). */
+const POOL_MAX_FREE_BYTES = 1024 * 2 ** 20;
+/** A free-list size unused for one to two sweep periods is dropped. */
+const POOL_IDLE_MS = 5000;
+
+type DataId = object;
+
+/** TF.js's cpu backend whose kernel outputs come from (and return to) a `BufferPool`. */
+class NativeBackend extends MathBackendCPU {
+  readonly pool = new BufferPool(POOL_MAX_FREE_BYTES, POOL_IDLE_MS);
+
+  override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): DataId {
+    const id = super.write(values, shape, dtype);
+    this.pool.retain(values);
+    return id;
+  }
+
+  override move(
+    dataId: DataId,
+    values: tf.backend_util.BackendValues,
+    shape: number[],
+    dtype: tf.DataType,
+    refCount: number,
+  ): void {
+    // A move replaces any data under this id (TF.js moves only ids this backend does not hold).
+    if (this.data.has(dataId)) this.pool.release(this.data.get(dataId).values);
+    super.move(dataId, values, shape, dtype, refCount);
+    this.pool.retain(values);
+  }
+
+  override disposeData(dataId: DataId, force = false): boolean {
+    const values = this.data.has(dataId) ? this.data.get(dataId).values : undefined;
+    const gone = super.disposeData(dataId, force);
+    if (gone && values !== undefined && !this.data.has(dataId)) this.pool.release(values);
+    return gone;
+  }
+
+  override readSync(dataId: DataId): tf.backend_util.BackendValues {
+    const values = super.readSync(dataId);
+    this.pool.escape(values);
+    return values;
+  }
+
+  override dispose(): void {
+    this.pool.trim();
+    super.dispose();
+  }
+}
+
+/** The current `cpu-native` backend instance, if it was created. */
+function nativeBackend(): NativeBackend | null {
+  try {
+    const b = tf.findBackend(CPU_NATIVE);
+    return b instanceof NativeBackend ? b : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Drops the free output buffers of `cpu-native` (their memory then goes back to the GC). */
+export function trimNativeBuffers(): void {
+  nativeBackend()?.pool.trim();
+}
+
+/** Output-buffer pool counters of `cpu-native` (for tests and benchmarks). */
+export function nativeBufferStats(): {
+  allocs: number;
+  reused: number;
+  released: number;
+  escaped: number;
+  dropped: number;
+  idleBytes: number;
+} | null {
+  const b = nativeBackend();
+  return b ? { ...b.pool.stats, idleBytes: b.pool.idleBytes } : null;
+}
+
+/** A float32 output of n elements for a native kernel of `backend`. */
+function output(backend: MathBackendCPU, n: number): Float32Array {
+  return backend instanceof NativeBackend ? backend.pool.alloc(n) : new Float32Array(n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +512,7 @@ function conv2dImpl(fused: boolean): Impl {
     if (!xv || !wv || !info) return null;
     const ep = fused ? fusedEpilogue(backend, args.inputs, args.attrs, 4, info.outChannels) : null;
     if (fused && !ep) return null;
-    const y = new Float32Array(info.outShape.reduce((p, d) => p * d, 1));
+    const y = output(backend, sizeOf(info.outShape));
     native.conv2d(
       xv,
       wv,
@@ -280,7 +534,7 @@ const conv2dBackpropInputImpl: Impl = (args, native, backend) => {
   const wv = values(backend, filter);
   const info = convInfo(args.attrs?.inputShape as number[], filter.shape, args.attrs, false);
   if (!dyv || !wv || !info) return null;
-  const dx = new Float32Array(info.inShape.reduce((p, d) => p * d, 1));
+  const dx = output(backend, sizeOf(info.inShape));
   native.conv2dBackpropInput(dyv, wv, dx, convGeom(info));
   return backend.makeTensorInfo(info.inShape, 'float32', dx);
 };
@@ -292,7 +546,7 @@ const conv2dBackpropFilterImpl: Impl = (args, native, backend) => {
   const dyv = values(backend, dy);
   const info = convInfo(x.shape, args.attrs?.filterShape as number[], args.attrs, false);
   if (!xv || !dyv || !info) return null;
-  const dw = new Float32Array(info.filterShape.reduce((p, d) => p * d, 1));
+  const dw = output(backend, sizeOf(info.filterShape));
   native.conv2dBackpropFilter(xv, dyv, dw, convGeom(info));
   return backend.makeTensorInfo(info.filterShape, 'float32', dw);
 };
@@ -345,7 +599,7 @@ function matmulImpl(fused: boolean): Impl {
     const ep = fused ? fusedEpilogue(backend, args.inputs, args.attrs, outShape.length, N) : null;
     if (fused && !ep) return null;
     const batch = outer.reduce((p, d) => p * d, 1);
-    const out = new Float32Array(batch * M * N);
+    const out = output(backend, batch * M * N);
     const dims = Int32Array.from([batch, M, N, K, ta ? 1 : 0, tb ? 1 : 0]);
     native.matmul(
       av,
@@ -363,9 +617,6 @@ function matmulImpl(fused: boolean): Impl {
   };
 }
 
-const sizeOf = (shape: readonly number[]): number => shape.reduce((p, d) => p * d, 1);
-const i32 = (xs: readonly number[]): Int32Array => Int32Array.from(xs);
-
 // Binary ops whose TF.js versions take a per-element index path whenever shapes differ.
 function binaryImpl(op: number): Impl {
   return (args, native, backend) => {
@@ -375,7 +626,7 @@ function binaryImpl(op: number): Impl {
     const bv = values(backend, b);
     if (!av || !bv) return null;
     const outShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape, b.shape);
-    const out = new Float32Array(sizeOf(outShape));
+    const out = output(backend, sizeOf(outShape));
     native.binary(op, av, i32(a.shape), bv, i32(b.shape), out, i32(outShape));
     return backend.makeTensorInfo(outShape, 'float32', out);
   };
@@ -395,7 +646,7 @@ function reduceImpl(mean: boolean): Impl {
     const outShape = args.attrs?.keepDims
       ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
       : x.shape.filter((_, i) => !axes.includes(i));
-    const out = new Float32Array(sizeOf(outShape));
+    const out = output(backend, sizeOf(outShape));
     native.reduceSum(xv, i32(x.shape), i32(mask), out, mean ? 1 / reduceSize : 1);
     return backend.makeTensorInfo(outShape, 'float32', out);
   };
@@ -411,7 +662,7 @@ function sliceOf(
 ): tf.TensorInfo | null {
   const xv = values(backend, x);
   if (!xv || tf.slice_util.isSliceContinous(x.shape, begin, size) || sizeOf(size) === 0) return null;
-  const out = new Float32Array(sizeOf(size));
+  const out = output(backend, sizeOf(size));
   native.slice(xv, i32(x.shape), i32(begin), i32(size), out);
   return backend.makeTensorInfo(size, 'float32', out);
 }
@@ -456,7 +707,7 @@ const tileImpl: Impl = (args, native, backend) => {
   const reps = args.attrs?.reps as number[] | undefined;
   if (!xv || !reps || reps.length !== x.shape.length) return null;
   const outShape = x.shape.map((d, i) => d * (reps[i] as number));
-  const out = new Float32Array(sizeOf(outShape));
+  const out = output(backend, sizeOf(outShape));
   native.tile(xv, i32(x.shape), i32(reps), out);
   return backend.makeTensorInfo(outShape, 'float32', out);
 };
@@ -467,11 +718,47 @@ function unaryImpl(op: number): Impl {
     if (!x) return null;
     const xv = values(backend, x);
     if (!xv) return null;
-    const out = new Float32Array(xv.length);
-    native.unary(op, xv, out);
+    const out = output(backend, xv.length);
+    native.unary(op, xv, out, (args.attrs?.alpha as number | undefined) ?? 0);
     return backend.makeTensorInfo([...x.shape], 'float32', out);
   };
 }
+
+// Concat: TF.js copies element by element through a 2-D view of every input.
+const concatImpl: Impl = (args, native, backend) => {
+  const inputs = Object.values(args.inputs) as tf.TensorInfo[];
+  if (inputs.length === 0) return null;
+  const first = inputs[0] as tf.TensorInfo;
+  const axis = tf.util.parseAxisParam(args.attrs?.axis as number, first.shape)[0] as number;
+  tf.backend_util.assertParamsConsistent(
+    inputs.map((t) => t.shape),
+    axis,
+  );
+  const outShape = tf.backend_util.computeOutShape(
+    inputs.map((t) => t.shape),
+    axis,
+  );
+  const parts = inputs.filter((t) => sizeOf(t.shape) > 0);
+  if (parts.length < 2) return null; // empty result or a single input: TF.js's identity path
+  const vals = parts.map((t) => values(backend, t));
+  if (vals.some((v) => !v)) return null;
+  const outer = sizeOf(first.shape.slice(0, axis));
+  const out = output(backend, sizeOf(outShape));
+  native.concat(vals as Float32Array[], i32(parts.map((t) => sizeOf(t.shape.slice(axis)))), outer, out);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+const transposeImpl: Impl = (args, native, backend) => {
+  const { x } = args.inputs;
+  const perm = args.attrs?.perm as number[] | undefined;
+  if (!x || !perm || perm.length !== x.shape.length) return null;
+  const xv = values(backend, x);
+  if (!xv) return null;
+  const outShape = perm.map((p) => x.shape[p] as number);
+  const out = output(backend, xv.length);
+  native.transpose(xv, i32(x.shape), i32(perm), out);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
 
 const padImpl: Impl = (args, native, backend) => {
   const { x } = args.inputs;
@@ -480,7 +767,7 @@ const padImpl: Impl = (args, native, backend) => {
   const paddings = args.attrs?.paddings as Array<[number, number]> | undefined;
   if (!xv || !paddings || paddings.length !== x.shape.length) return null;
   const outShape = x.shape.map((d, i) => (paddings[i]?.[0] ?? 0) + d + (paddings[i]?.[1] ?? 0));
-  const out = new Float32Array(sizeOf(outShape));
+  const out = output(backend, sizeOf(outShape));
   const before = i32(paddings.map((p) => p[0]));
   const after = i32(paddings.map((p) => p[1]));
   native.pad(xv, i32(x.shape), before, after, (args.attrs?.constantValue as number | undefined) ?? 0, out);
@@ -505,6 +792,8 @@ const OVERRIDES: ReadonlyArray<[string, MultiImpl]> = [
   [tf.Multiply, binaryImpl(BINARY.mul)],
   [tf.RealDiv, binaryImpl(BINARY.div)],
   [tf.SquaredDifference, binaryImpl(BINARY.squaredDifference)],
+  [tf.Maximum, binaryImpl(BINARY.maximum)],
+  [tf.Minimum, binaryImpl(BINARY.minimum)],
   [tf.Sum, reduceImpl(false)],
   [tf.Mean, reduceImpl(true)],
   [tf.Slice, sliceImpl],
@@ -512,6 +801,16 @@ const OVERRIDES: ReadonlyArray<[string, MultiImpl]> = [
   [tf.Tile, tileImpl],
   [tf.Sigmoid, unaryImpl(UNARY.sigmoid)],
   [tf.Square, unaryImpl(UNARY.square)],
+  [tf.Sqrt, unaryImpl(UNARY.sqrt)],
+  [tf.Rsqrt, unaryImpl(UNARY.rsqrt)],
+  [tf.Neg, unaryImpl(UNARY.neg)],
+  [tf.Relu, unaryImpl(UNARY.relu)],
+  [tf.Exp, unaryImpl(UNARY.exp)],
+  [tf.Step, unaryImpl(UNARY.step)],
+  [tf.Abs, unaryImpl(UNARY.abs)],
+  [tf.Reciprocal, unaryImpl(UNARY.reciprocal)],
+  [tf.Concat, concatImpl],
+  [tf.Transpose, transposeImpl],
   [tf.PadV2, padImpl],
 ];
 
@@ -552,7 +851,7 @@ export function registerCpuNative(): NativeStatus {
   tf.registerBackend(
     CPU_NATIVE,
     () => {
-      const b = new MathBackendCPU();
+      const b = new NativeBackend();
       // Its first-use banner tells Node users to install tfjs-node: misleading for this backend.
       (b as unknown as { firstUse: boolean }).firstUse = false;
       return b;
