@@ -951,9 +951,34 @@ function expectFrame(
     );
 }
 
-class AllReduceOp implements Op {
-  readonly name = 'allReduce';
+/** What every collective shares: settling its promise exactly once and marking itself done. */
+abstract class SettledOp implements Op {
+  abstract readonly name: string;
   done = false;
+
+  constructor(
+    protected readonly ring: Ring,
+    readonly seq: number,
+    private readonly settle: Settle,
+  ) {}
+
+  abstract start(): void;
+  abstract handle(f: Frame): void;
+  abstract waitingFor(): string;
+
+  resolve(): void {
+    this.done = true;
+    this.settle.resolve();
+  }
+
+  reject(e: RingError): void {
+    this.done = true;
+    this.settle.reject(e);
+  }
+}
+
+class AllReduceOp extends SettledOp {
+  readonly name = 'allReduce';
   private readonly n: number;
   private readonly layout: Layout;
   private readonly enc: Encoding;
@@ -962,25 +987,17 @@ class AllReduceOp implements Op {
   private chunk = 0;
 
   constructor(
-    private readonly ring: Ring,
-    readonly seq: number,
+    ring: Ring,
+    seq: number,
     private readonly buf: Float32Array,
     private readonly divisor: number,
-    private readonly settle: Settle,
+    settle: Settle,
   ) {
+    super(ring, seq, settle);
     this.n = ring.worldSize;
     this.layout = new Layout(buf.length, this.n, Math.max(1, Math.floor(ring.chunkBytes / 4)));
     this.enc = ring.compression === 'fp16' ? Encoding.F16 : Encoding.F32;
     this.steps = 2 * (this.n - 1);
-  }
-
-  resolve(): void {
-    this.done = true;
-    this.settle.resolve();
-  }
-  reject(e: RingError): void {
-    this.done = true;
-    this.settle.reject(e);
   }
 
   waitingFor(): string {
@@ -1099,33 +1116,24 @@ class AllReduceOp implements Op {
 // ---------------------------------------------------------------------------------------------
 // Broadcast
 
-class BroadcastOp implements Op {
+class BroadcastOp extends SettledOp {
   readonly name = 'broadcast';
-  done = false;
   private readonly n: number;
   private readonly chunkBytes: number;
   private readonly nc: number;
   private chunk = 0;
 
   constructor(
-    private readonly ring: Ring,
-    readonly seq: number,
+    ring: Ring,
+    seq: number,
     private readonly bytes: Buffer,
     private readonly root: number,
-    private readonly settle: Settle,
+    settle: Settle,
   ) {
+    super(ring, seq, settle);
     this.n = ring.worldSize;
     this.chunkBytes = ring.chunkBytes;
     this.nc = Math.max(1, Math.ceil(bytes.length / this.chunkBytes));
-  }
-
-  resolve(): void {
-    this.done = true;
-    this.settle.resolve();
-  }
-  reject(e: RingError): void {
-    this.done = true;
-    this.settle.reject(e);
   }
 
   waitingFor(): string {
@@ -1223,9 +1231,8 @@ class BroadcastOp implements Op {
 // ---------------------------------------------------------------------------------------------
 // All-gather (variable lengths)
 
-class AllGatherOp implements Op {
+class AllGatherOp extends SettledOp {
   readonly name = 'allGather';
-  done = false;
   private readonly n: number;
   private readonly chunkElems: number;
   private step = 0;
@@ -1233,23 +1240,15 @@ class AllGatherOp implements Op {
   private cur: Float32Array | null = null;
 
   constructor(
-    private readonly ring: Ring,
-    readonly seq: number,
+    ring: Ring,
+    seq: number,
     private readonly local: Float32Array,
     private readonly out: Float32Array[],
-    private readonly settle: Settle,
+    settle: Settle,
   ) {
+    super(ring, seq, settle);
     this.n = ring.worldSize;
     this.chunkElems = Math.max(1, Math.floor(ring.chunkBytes / 4));
-  }
-
-  resolve(): void {
-    this.done = true;
-    this.settle.resolve();
-  }
-  reject(e: RingError): void {
-    this.done = true;
-    this.settle.reject(e);
   }
 
   waitingFor(): string {
