@@ -44,8 +44,21 @@ export interface FusedLayout {
   total: number;
 }
 
-/** Layout for `params` (canonical name order) and a global batch of B. */
+const layouts = new WeakMap<Params, FusedLayout>();
+
+/**
+ * Layout for `params` (canonical name order) and a global batch of B. Cached per parameter map:
+ * the optimizer replaces tensors in the same map, never their names or shapes.
+ */
 export function fusedLayout(params: Params, B: number): FusedLayout {
+  const cached = layouts.get(params);
+  if (cached && cached.total === cached.gradSize + B) return cached;
+  const layout = computeLayout(params, B);
+  layouts.set(params, layout);
+  return layout;
+}
+
+function computeLayout(params: Params, B: number): FusedLayout {
   const names = sortedNames(params);
   const shapes: number[][] = [];
   const offsets: number[] = [];
