@@ -115,11 +115,19 @@ test('train then sample end to end: checkpoint, .npy and .png outputs', () => {
     '--set',
     'train.global_batch=8',
     '--set',
+    'data.dataset=toy:8gaussians',
+    '--set',
+    'model.kind=mlp',
+    '--set',
+    'model.num_classes=0',
+    '--set',
     'model.hidden=16',
     '--set',
     'diffusion.timesteps=50',
     '--set',
-    'train.sample_count=16',
+    'sample.count=16',
+    '--set',
+    'sample.sampler=ddpm',
   ]);
   assert.equal(t.code, 0, t.stderr);
   const lines = t.stdout

@@ -36,6 +36,9 @@ test('MLP on toy:8gaussians converges: ≥ 90 % of samples near a centre, each c
     const cfg = loadConfig(undefined, [
       `run.out_dir=${dir}`,
       'run.seed=1',
+      'data.dataset=toy:8gaussians',
+      'model.kind=mlp',
+      'model.num_classes=0',
       'model.hidden=128',
       'model.layers=4',
       'model.time_embed_dim=64',

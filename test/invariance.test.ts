@@ -20,6 +20,9 @@ await cpuBackend();
 
 const STEPS = 8;
 const SETS = [
+  'data.dataset=toy:8gaussians',
+  'model.kind=mlp',
+  'model.num_classes=0',
   'model.hidden=32',
   'model.time_embed_dim=16',
   'model.num_classes=0',

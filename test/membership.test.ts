@@ -63,9 +63,10 @@ test('a silent worker expires after the heartbeat timeout; the ring is broken; a
   assert.deepEqual(m.deaths, [{ id: 'w1', reason: 'heartbeat-timeout', generation: 1 }]);
 });
 
-test('a joining worker triggers a new generation; below min_workers nothing runs', () => {
+test('a joining worker triggers a new generation; after the rendezvous the job goes on with fewer than min_workers', () => {
   const m = make(2);
   m.register(info('a'), 0);
+  assert.equal(m.needsNewGeneration(), false, 'the rendezvous waits for min_workers = 2');
   m.register(info('b'), 0);
   m.nextGeneration();
   m.register(info('c'), 10);
@@ -73,7 +74,17 @@ test('a joining worker triggers a new generation; below min_workers nothing runs
   assert.equal(m.nextGeneration().ring.length, 3);
   m.remove('w0', 'ring-failure');
   m.remove('w1', 'left');
-  assert.equal(m.needsNewGeneration(), false, 'one worker is below min_workers = 2');
+  assert.ok(m.needsNewGeneration(), 'one survivor below min_workers = 2 still trains');
+  assert.deepEqual(
+    m.nextGeneration().ring.map((x) => x.id),
+    ['w2'],
+  );
+  assert.equal(m.needsNewGeneration(), false);
+  m.invalidate();
+  assert.ok(m.needsNewGeneration(), 'an invalidated ring is re-formed with the same members');
+  assert.equal(m.nextGeneration().number, 4);
+  m.remove('w2', 'left');
+  assert.equal(m.needsNewGeneration(), false, 'nobody left: nothing runs');
 });
 
 test('ring order keeps the workers of a host adjacent', () => {

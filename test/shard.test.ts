@@ -57,7 +57,7 @@ test('random flip is drawn per example position, independent of the sharding', (
 });
 
 test('prefetch overlaps: with a slow reader the step does not wait once warmed up', async () => {
-  const data = loadConfig(undefined, ['data.size=4096']).data;
+  const data = loadConfig(undefined, ['data.dataset=toy:8gaussians', 'data.size=4096']).data;
   const B = 16;
   const readMs = B * SLOW_MS;
   const loader = new Prefetcher({

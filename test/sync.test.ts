@@ -20,6 +20,9 @@ import { sortedNames } from '../src/model/params.js';
 await cpuBackend();
 
 const SETS = [
+  'data.dataset=toy:8gaussians',
+  'model.kind=mlp',
+  'model.num_classes=0',
   'model.hidden=16',
   'model.time_embed_dim=16',
   'train.global_batch=12',

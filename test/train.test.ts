@@ -157,6 +157,9 @@ function tmp(): string {
 }
 
 const SMALL = [
+  'data.dataset=toy:8gaussians',
+  'model.kind=mlp',
+  'model.num_classes=0',
   'model.hidden=16',
   'model.time_embed_dim=16',
   'train.global_batch=16',

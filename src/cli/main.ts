@@ -65,6 +65,78 @@ export async function main(argv: string[]): Promise<void> {
       await doctor(o);
     });
 
+  program
+    .command('coordinator')
+    .description("a job's coordinator: rendezvous, membership, plans, central EMA, checkpoints, metrics")
+    .option('-c, --config <file>', 'job config (YAML)')
+    .option('--set <key=value>', 'override a config key (repeatable)', collect, [])
+    .option('--listen <host:port>', 'gRPC address (port 0 = any free port)', '0.0.0.0:7070')
+    .option('--metrics <host:port>', 'serve Prometheus /metrics here')
+    .addOption(backendOpt())
+    .option('--pretty', 'human-readable logs instead of JSON')
+    .action(async (o) => {
+      const { runCoordinator } = await import('./coordinator.js');
+      process.exitCode = await runCoordinator(o);
+    });
+
+  program
+    .command('worker')
+    .description('a training process of a distributed job (token: RINGDIFF_TOKEN or cluster.token)')
+    .requiredOption('--coordinator <host:port>', 'coordinator address')
+    .option(
+      '-c, --config <file>',
+      'local config: cluster.token and cluster.tls (the job config comes from the coordinator)',
+    )
+    .option('--set <key=value>', 'override a local config key (repeatable)', collect, [])
+    .option('--data-root <dir>', 'resolve relative dataset paths of the job config here')
+    .option('--fetch-shards', 'read every shard from the coordinator (no dataset on this host)')
+    .option(
+      '--ring-bind <endpoint>',
+      'ring endpoint to bind: tcp://HOST:PORT (PORT 0 = free port) or ipc://PATH',
+      'tcp://0.0.0.0:0',
+    )
+    .option('--ring-advertise <endpoint>', 'ring endpoint peers connect to (default: the bound one)')
+    .option('--host <name>', 'host identity for the ring order (default: hostname)')
+    .option('--metrics <host:port>', "serve this worker's Prometheus /metrics here")
+    .option(
+      '--retry-for <seconds>',
+      'keep retrying a lost coordinator this long',
+      intOption('--retry-for', 1),
+      600,
+    )
+    .addOption(backendOpt())
+    .option('--pretty', 'human-readable logs instead of JSON')
+    .action(async (o) => {
+      const { runWorker } = await import('./worker.js');
+      process.exitCode = await runWorker(o);
+    });
+
+  program
+    .command('launch')
+    .description('coordinator + N workers on this machine (no --config: the embedded default job)')
+    .option('--workers <n>', 'worker processes', intOption('--workers', 1), 2)
+    .option('-c, --config <file>', 'job config (YAML)')
+    .option('--set <key=value>', 'override a config key (repeatable)', collect, [])
+    .option('--metrics <host:port>', "serve the coordinator's Prometheus /metrics here")
+    .addOption(backendOpt())
+    .option('--no-progress', 'no progress bar even on a terminal')
+    .action(async (o) => {
+      const { launch } = await import('./launch.js');
+      process.exitCode = await launch(o);
+    });
+
+  program
+    .command('status')
+    .description("a running job's workers, ranks, generation, step and samples/s")
+    .requiredOption('--coordinator <host:port>', 'coordinator address')
+    .option('-c, --config <file>', 'local config (cluster.tls)')
+    .option('--set <key=value>', 'override a local config key (repeatable)', collect, [])
+    .option('--json', 'print one JSON object')
+    .action(async (o) => {
+      const { status } = await import('./status.js');
+      await status(o);
+    });
+
   const bench = program.command('bench').description('benchmarks of the product itself');
   bench
     .command('allreduce')

@@ -10,6 +10,9 @@ import { drawSamples } from '../model/sample.js';
 import { DEFAULT_DATASET_MODULE, Prefetcher } from '../data/prefetch.js';
 import { writeSamplesPng } from '../data/image.js';
 import { writeNpyFloat32 } from '../data/npy.js';
+import type { Denoiser } from '../model/model.js';
+import type { Params } from '../model/params.js';
+import type { Schedule } from '../model/schedule.js';
 
 export interface TrainOptions {
   config?: string;
@@ -21,27 +24,39 @@ export interface TrainOptions {
 
 /** Draws the end-of-run samples from the EMA weights into samples.png and samples.npy. */
 export async function writeFinalSamples(job: Job, log: Logger): Promise<void> {
-  const n = job.cfg.train.sample_count;
+  await writeSamplesFrom(job.cfg, job.model, job.state.ema, job.schedule, log);
+}
+
+/** Draws `cfg.sample.count` samples from `ema` into `<out_dir>/samples.png` and `samples.npy`. */
+export async function writeSamplesFrom(
+  cfg: Config,
+  model: Denoiser,
+  ema: Params,
+  schedule: Schedule,
+  log: Logger,
+): Promise<void> {
+  const sc = cfg.sample;
+  const n = sc.count;
   if (n === 0) return;
   const t0 = Date.now();
-  const images = job.model.dataShape.length === 3;
-  const data = drawSamples(job.model, job.state.ema, job.schedule, {
+  const images = model.dataShape.length === 3;
+  const data = drawSamples(model, ema, schedule, {
     count: n,
-    // DDIM keeps the end-of-run picture cheap on slow backends; `ringdiff sample` offers DDPM.
-    sampler: images ? 'ddim' : 'ddpm',
-    steps: 50,
-    eta: 0,
-    guidance: 0,
+    sampler: sc.sampler,
+    steps: Math.min(sc.steps, schedule.T),
+    eta: sc.eta,
+    // Unconditional models have nothing to guide; the default w is for the default (conditional) job.
+    guidance: model.numClasses > 0 ? sc.guidance : 0,
     classLabel: null,
-    seed: job.cfg.run.seed,
-    sigma: job.cfg.diffusion.sigma,
-    clip: images && job.cfg.diffusion.clip_denoised,
+    seed: cfg.run.seed,
+    sigma: cfg.diffusion.sigma,
+    clip: images && cfg.diffusion.clip_denoised,
     chunk: 256,
   });
-  const shape = [n, ...job.model.dataShape];
-  await writeNpyFloat32(runPath(job.cfg, 'samples.npy'), data, shape);
-  await writeSamplesPng(runPath(job.cfg, 'samples.png'), data, shape);
-  log.info({ count: n, ms: Date.now() - t0, file: runPath(job.cfg, 'samples.png') }, 'samples written');
+  const shape = [n, ...model.dataShape];
+  await writeNpyFloat32(runPath(cfg, 'samples.npy'), data, shape);
+  await writeSamplesPng(runPath(cfg, 'samples.png'), data, shape);
+  log.info({ count: n, ms: Date.now() - t0, file: runPath(cfg, 'samples.png') }, 'samples written');
 }
 
 /** Trains the job described by the options; resolves when the last checkpoint is written. */
@@ -128,8 +143,7 @@ export async function train(opts: TrainOptions): Promise<void> {
     if (!stopping) await writeFinalSamples(job, log);
     log.info({ step: job.state.step }, stopping ? 'stopped' : 'done');
     if (tty) {
-      const pic =
-        stopping || cfg.train.sample_count === 0 ? '' : `, samples in ${runPath(cfg, 'samples.png')}`;
+      const pic = stopping || cfg.sample.count === 0 ? '' : `, samples in ${runPath(cfg, 'samples.png')}`;
       process.stderr.write(
         `${stopping ? 'stopped' : 'done'} at step ${job.state.step}: checkpoint ${c.dir}${pic}\n`,
       );

@@ -3,7 +3,16 @@
  * naming the file and the key path.
  */
 import { readFileSync } from 'node:fs';
-import { Document, isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Pair } from 'yaml';
+import {
+  Document,
+  isMap,
+  isScalar,
+  isSeq,
+  parse as parseYaml,
+  parseDocument,
+  type Pair,
+  type YAMLMap,
+} from 'yaml';
 import { z } from 'zod';
 import { ConfigSchema, type Config } from './schema.js';
 
@@ -104,25 +113,27 @@ export function loadConfig(path: string | undefined, sets: readonly string[] = [
 /** The resolved config as YAML, each key followed by its one-line description. */
 export function configToYaml(cfg: Config): string {
   const doc = new Document(cfg);
-  const root = doc.contents;
-  if (isMap(root)) {
-    for (const section of root.items as Pair[]) {
-      const sectionName = isScalar(section.key) ? String(section.key.value) : '';
-      const sectionSchema = (ConfigSchema.shape as Record<string, z.ZodType>)[sectionName];
-      const inner = sectionSchema ? unwrap(sectionSchema) : undefined;
-      if (!isMap(section.value) || !(inner instanceof z.ZodObject)) continue;
-      for (const pair of section.value.items as Pair[]) {
-        const key = isScalar(pair.key) ? String(pair.key.value) : '';
-        const desc = (inner.shape as Record<string, z.ZodType>)[key]?.description;
-        // Flow style keeps a list on one line, so its description stays beside it.
-        if (isSeq(pair.value)) pair.value.flow = true;
-        if (desc && (isScalar(pair.value) || pair.value)) {
-          (pair.value as { comment?: string }).comment = ` ${desc}`;
-        }
-      }
-    }
-  }
+  if (isMap(doc.contents)) annotate(doc.contents, ConfigSchema);
   return doc.toString({ lineWidth: 0 });
+}
+
+/** Puts each key's schema description beside it, descending into nested sections. */
+function annotate(map: YAMLMap, schema: z.ZodType): void {
+  const inner = unwrap(schema);
+  if (!(inner instanceof z.ZodObject)) return;
+  for (const pair of map.items as Pair[]) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : '';
+    const child = (inner.shape as Record<string, z.ZodType>)[key];
+    if (!child) continue;
+    if (isMap(pair.value)) {
+      annotate(pair.value, child);
+      continue;
+    }
+    // Flow style keeps a list on one line, so its description stays beside it.
+    if (isSeq(pair.value)) pair.value.flow = true;
+    const desc = child.description ?? unwrap(child).description;
+    if (desc && pair.value) (pair.value as { comment?: string }).comment = ` ${desc}`;
+  }
 }
 
 function unwrap(s: z.ZodType): z.ZodType {

@@ -22,11 +22,11 @@ export const DataSchema = z
     dataset: z
       .string()
       .min(1)
-      .default('toy:8gaussians')
+      .default('mnist')
       .describe(
         'Dataset spec: mnist, fashion-mnist, idx:<images>[,<labels>], cifar10:<dir>, folder:<dir>, npy:<file>[,<labels>], toy:<8gaussians|swissroll>.',
       ),
-    image_size: int(1).default(32).describe('Side of the square images fed to the model, in pixels.'),
+    image_size: int(1).default(28).describe('Side of the square images fed to the model, in pixels.'),
     channels: int(1).max(4).default(1).describe('Image channels (1 grey, 3 RGB).'),
     size: int(1).default(65536).describe('Number of examples in a synthetic (toy) dataset.'),
     random_flip: z.boolean().default(false).describe('Random horizontal flip of images, drawn per example.'),
@@ -39,8 +39,8 @@ export const DataSchema = z
 
 export const ModelSchema = z
   .strictObject({
-    kind: z.enum(['unet', 'mlp']).default('mlp').describe('Denoiser: unet for images, mlp for 2-D data.'),
-    channels: z.array(int(1)).min(1).default([32, 64, 128]).describe('U-Net channels per resolution level.'),
+    kind: z.enum(['unet', 'mlp']).default('unet').describe('Denoiser: unet for images, mlp for 2-D data.'),
+    channels: z.array(int(1)).min(1).default([16, 32, 64]).describe('U-Net channels per resolution level.'),
     res_blocks: int(1).default(1).describe('Residual blocks per U-Net level.'),
     attention_resolutions: z
       .array(int(1))
@@ -52,7 +52,7 @@ export const ModelSchema = z
     hidden: int(1).default(128).describe('Hidden width of the MLP denoiser.'),
     layers: int(1).default(4).describe('Residual layers of the MLP denoiser.'),
     num_classes: int(0)
-      .default(0)
+      .default(10)
       .describe('Classes for conditioning (0 = unconditional); index num_classes is the null class.'),
     class_dropout: z
       .number()
@@ -93,8 +93,8 @@ export const DiffusionSchema = z
 
 export const TrainSchema = z
   .strictObject({
-    steps: int(1).default(3000).describe('Optimizer steps of the job.'),
-    global_batch: int(1).default(256).describe('Examples per step, summed over all workers.'),
+    steps: int(1).default(1500).describe('Optimizer steps of the job.'),
+    global_batch: int(1).default(64).describe('Examples per step, summed over all workers.'),
     microbatch: int(0)
       .default(0)
       .describe('Largest batch run through the model at once (0 = no limit); gradients accumulate.'),
@@ -110,12 +110,39 @@ export const TrainSchema = z
       .boolean()
       .default(true)
       .describe('Use min(decay, (1+n)/(10+n)) for the EMA decay at step n.'),
+    ema_sync_every: int(1)
+      .default(100)
+      .describe(
+        'Steps between copies of the EMA weights sent to the coordinator (it always gets them at checkpoints).',
+      ),
     checkpoint_every: int(0).default(1000).describe('Steps between checkpoints (0 = only the last step).'),
     keep_checkpoints: int(1).default(3).describe('Checkpoints kept in run.out_dir (oldest removed).'),
     log_every: int(1).default(50).describe('Steps between log lines.'),
-    sample_count: int(0)
-      .default(256)
-      .describe('Samples drawn from the EMA at the end of training (0 = none).'),
+  })
+  .prefault({});
+
+export const SampleSchema = z
+  .strictObject({
+    count: int(0).default(100).describe('Samples drawn from the EMA at the end of training (0 = none).'),
+    sampler: z
+      .enum(['ddpm', 'ddim'])
+      .default('ddim')
+      .describe('End-of-run sampler: ddpm (all T steps) or ddim (sample.steps strided steps).'),
+    steps: int(1)
+      .default(100)
+      .describe('DDIM steps of the end-of-run samples (at most diffusion.timesteps).'),
+    eta: z
+      .number()
+      .min(0)
+      .default(1)
+      .describe('DDIM η: 0 deterministic, 1 the DDPM posterior variance on the strided steps.'),
+    guidance: z
+      .number()
+      .min(0)
+      .default(2)
+      .describe(
+        'Classifier-free guidance weight w of class-conditional models (ignored when unconditional).',
+      ),
   })
   .prefault({});
 
@@ -127,6 +154,45 @@ export const ClusterSchema = z
       .default(10000)
       .describe('Silence after which a worker is declared dead, in ms.'),
     verify_every: int(0).default(100).describe('Steps between cross-worker weight checksums (0 = never).'),
+    token: z
+      .string()
+      .default('')
+      .describe('Join token every worker RPC carries (env RINGDIFF_TOKEN wins; launch generates one).'),
+    ring_timeout_ms: int(1)
+      .default(60000)
+      .describe(
+        'A ring collective that receives nothing for this long fails (a peer is dead or stuck), in ms.',
+      ),
+    allreduce: z
+      .strictObject({
+        compression: z
+          .enum(['none', 'fp16'])
+          .default('none')
+          .describe('Wire encoding of gradients: none (fp32) or fp16.'),
+        encryption: z
+          .enum(['none', 'curve'])
+          .default('none')
+          .describe('ZeroMQ CURVE encryption of ring traffic.'),
+        chunk_bytes: int(4).default(1048576).describe('Bytes of float32 data per ring message.'),
+      })
+      .prefault({}),
+    tls: z
+      .strictObject({
+        cert: z
+          .string()
+          .default('')
+          .describe('PEM certificate of the coordinator (gRPC TLS; empty = plaintext).'),
+        key: z.string().default('').describe('PEM private key of the coordinator certificate.'),
+        ca: z
+          .string()
+          .default('')
+          .describe(
+            'PEM CA: workers verify the coordinator with it; set on the coordinator, it requires client certificates (mutual TLS).',
+          ),
+        client_cert: z.string().default('').describe('PEM client certificate of workers (mutual TLS).'),
+        client_key: z.string().default('').describe('PEM private key of the worker client certificate.'),
+      })
+      .prefault({}),
   })
   .prefault({});
 
@@ -136,6 +202,7 @@ export const ConfigSchema = z.strictObject({
   model: ModelSchema,
   diffusion: DiffusionSchema,
   train: TrainSchema,
+  sample: SampleSchema,
   cluster: ClusterSchema,
 });
 

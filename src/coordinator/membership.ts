@@ -109,10 +109,18 @@ export class Membership {
     return dead;
   }
 
-  /** True when the live set differs from the current ring and there are enough workers to run. */
+  /** Forces the next `needsNewGeneration()` to be true (the ring must be re-formed). */
+  invalidate(): void {
+    this.stale = true;
+  }
+  private stale = false;
+
+  /** True when the live set differs from the current ring (or it was invalidated) and there are enough workers. */
   needsNewGeneration(): boolean {
     const live = this.alive();
-    if (live.length < this.opts.minWorkers) return false;
+    // min_workers gates the rendezvous only: afterwards the job goes on with whoever is left.
+    if (live.length < (this.gen.number === 0 ? this.opts.minWorkers : 1)) return false;
+    if (this.stale && live.length > 0) return true;
     const ring = this.gen.ring;
     if (ring.length !== live.length) return true;
     const ids = new Set(live.map((m) => m.id));
@@ -126,6 +134,7 @@ export class Membership {
 
   /** Starts the next generation with every live worker; ring order puts workers of a host together. */
   nextGeneration(): Generation {
+    this.stale = false;
     this.gen = { number: this.gen.number + 1, ring: ringOrder(this.alive()) };
     return this.gen;
   }

@@ -8,6 +8,12 @@ import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
 import { Membership, type Generation, type Member } from './membership.js';
 import { shardPlan } from '../data/shard.js';
+import type { Dataset } from '../data/dataset.js';
+import { GlobalBatches } from '../data/batches.js';
+import { readShard } from '../data/prefetch.js';
+import { ChunkAssembler, toChunks } from '../worker/transfer.js';
+import { PUSH_REASONS, type CentralState, type PushReason } from './state.js';
+import type { Config } from '../config/schema.js';
 import type { Logger } from '../util/log.js';
 
 import pb = ringdiff.v1;
@@ -35,6 +41,22 @@ export interface CoordinatorOptions {
   /** Require a CURVE public key from every worker. */
   curve: boolean;
   log?: Logger;
+  /** The job's state store, dataset and config: without them the server only does membership. */
+  job?: { cfg: Config; state: CentralState; dataset: Dataset };
+  /** Observers of what happens (metrics). */
+  events?: CoordinatorEvents;
+}
+
+/** What the coordinator tells its observers (the metrics module implements it). */
+export interface CoordinatorEvents {
+  onReport?(w: { id: string; host: string; rank: number }, r: pb.StepReport, nowMs: number): void;
+  onGeneration?(generation: number, worldSize: number): void;
+  onWorkerDeath?(reason: string): void;
+  onRejected?(method: string, code: string): void;
+  onCheckpoint?(step: number, ms: number, bytes: number, nowMs: number): void;
+  onEmaSync?(emaStep: number): void;
+  /** The final checkpoint is written and every worker was told to exit. */
+  onFinished?(): void;
 }
 
 /** Counters the metrics module exports. */
@@ -62,10 +84,15 @@ export class CoordinatorServer {
   private readonly server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 2 ** 20 });
   private readonly streams = new Map<string, grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>>();
   private timer: NodeJS.Timeout | null = null;
-  private startStep = 0;
   private finished = false;
+  private stopping = false;
+  private stopWaiters: Array<() => void> = [];
   /** Last step reported by any worker, with its loss (for status and metrics). */
   lastReport: pb.StepReport | null = null;
+  /** Global samples/s, from the advance of the reported step over time (EWMA). */
+  private rate = { step: -1, t: 0, sps: 0 };
+  /** Per-worker samples/s from their last report. */
+  private readonly workerSps = new Map<string, number>();
 
   constructor(readonly opts: CoordinatorOptions) {
     this.membership = new Membership(
@@ -83,14 +110,13 @@ export class CoordinatorServer {
       reportFailure: this.unary('ReportFailure', (r: pb.FailureReport) => this.failure(r)),
       status: this.unary('Status', () => this.status(), false),
       plans: (call: grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>) => this.plans(call),
-      pushState: (_call: unknown, cb: grpc.sendUnaryData<pb.IPushStateReply>) =>
-        cb({ code: grpc.status.UNIMPLEMENTED, message: 'PushState is not implemented yet' }),
+      pushState: (
+        call: grpc.ServerReadableStream<pb.StateChunk, pb.IPushStateReply>,
+        cb: grpc.sendUnaryData<pb.IPushStateReply>,
+      ) => this.pushState(call, cb),
       fetchState: (call: grpc.ServerWritableStream<pb.FetchStateRequest, pb.IStateChunk>) =>
-        call.destroy(
-          Object.assign(new Error('FetchState is not implemented yet'), { code: grpc.status.UNIMPLEMENTED }),
-        ),
-      fetchShard: (_call: unknown, cb: grpc.sendUnaryData<pb.IShardReply>) =>
-        cb({ code: grpc.status.UNIMPLEMENTED, message: 'FetchShard is not implemented yet' }),
+        this.fetchState(call),
+      fetchShard: this.unary('FetchShard', (r: pb.ShardRequest) => this.fetchShard(r)),
     });
   }
 
@@ -115,6 +141,7 @@ export class CoordinatorServer {
   private reject(method: string, code: grpc.status, reason: string): never {
     const key = `${method}:${grpc.status[code]}`;
     this.counters.rejected.set(key, (this.counters.rejected.get(key) ?? 0) + 1);
+    this.opts.events?.onRejected?.(method, grpc.status[code]);
     this.opts.log?.warn({ method, code: grpc.status[code], reason }, 'rpc rejected');
     throw new RpcError(code, reason);
   }
@@ -182,11 +209,14 @@ export class CoordinatorServer {
       return this.reject('Register', grpc.status.RESOURCE_EXHAUSTED, (e as Error).message);
     }
     this.opts.log?.info({ worker: m.id, host: m.host, backend: m.backend }, 'worker registered');
+    const ds = this.opts.job?.dataset;
     return {
       workerId: m.id,
       jobId: this.opts.jobId,
       configYaml: this.opts.configYaml,
       heartbeatIntervalMs: Math.max(10, Math.floor(this.opts.heartbeatTimeoutMs / 5)),
+      dataShape: ds ? [...ds.shape] : [],
+      datasetSize: ds?.size ?? 0,
     };
   }
 
@@ -196,10 +226,240 @@ export class CoordinatorServer {
   }
 
   private report(r: pb.StepReport): pb.IReportReply {
-    this.member('Report', r.workerId, r.generation);
-    this.membership.heartbeat(r.workerId, Date.now(), r.step);
+    const m = this.member('Report', r.workerId, r.generation);
+    if (!Number.isSafeInteger(r.step) || r.step < 1 || r.step > this.opts.totalSteps)
+      this.reject(
+        'Report',
+        grpc.status.INVALID_ARGUMENT,
+        `step: ${r.step} is outside 1…${this.opts.totalSteps}`,
+      );
+    if (r.lossQuarters.length !== 0 && r.lossQuarters.length !== 4)
+      this.reject(
+        'Report',
+        grpc.status.INVALID_ARGUMENT,
+        `loss_quarters: expected 4 values, got ${r.lossQuarters.length}`,
+      );
+    const now = Date.now();
+    this.membership.heartbeat(r.workerId, now, r.step);
     if (!this.lastReport || r.step >= this.lastReport.step) this.lastReport = r;
+    if (r.stepMs > 0) this.workerSps.set(m.id, (r.examples * 1000) / r.stepMs);
+    if (r.step > this.rate.step) {
+      if (this.rate.step >= 0 && now > this.rate.t) {
+        const inst = ((r.step - this.rate.step) * this.opts.globalBatch * 1000) / (now - this.rate.t);
+        this.rate.sps = this.rate.sps === 0 ? inst : 0.9 * this.rate.sps + 0.1 * inst;
+      }
+      this.rate.step = r.step;
+      this.rate.t = now;
+    }
+    const rank = this.membership.generation.ring.findIndex((x) => x.id === m.id);
+    this.opts.events?.onReport?.({ id: m.id, host: m.host, rank }, r, now);
     return {};
+  }
+
+  /** Step the job is at, as far as the coordinator knows (reports, checkpoints). */
+  get step(): number {
+    return Math.max(this.lastReport?.step ?? 0, this.opts.job?.state.checkpointStep ?? 0);
+  }
+
+  /** Global samples/s (EWMA over reports). */
+  get samplesPerSecond(): number {
+    return this.rate.sps;
+  }
+
+  private pushState(
+    call: grpc.ServerReadableStream<pb.StateChunk, pb.IPushStateReply>,
+    cb: grpc.sendUnaryData<pb.IPushStateReply>,
+  ): void {
+    const fail = (e: unknown) => {
+      call.removeAllListeners('data');
+      if (e instanceof RpcError) cb({ code: e.code, details: e.message });
+      else cb({ code: grpc.status.INVALID_ARGUMENT, details: e instanceof Error ? e.message : String(e) });
+    };
+    const job = this.opts.job;
+    let head: { workerId: string; generation: number; step: number; reason: PushReason } | null = null;
+    let asm: ChunkAssembler | null = null;
+    try {
+      this.auth('PushState', call.metadata);
+      if (!job) this.reject('PushState', grpc.status.UNIMPLEMENTED, 'this coordinator keeps no state');
+    } catch (e) {
+      fail(e);
+      return;
+    }
+    let failed = false;
+    call.on('data', (c: pb.StateChunk) => {
+      if (failed) return;
+      try {
+        if (!head) {
+          this.member('PushState', c.workerId, c.generation);
+          if (c.part !== pb.StatePart.SNAPSHOT)
+            this.reject(
+              'PushState',
+              grpc.status.INVALID_ARGUMENT,
+              `part: only SNAPSHOT is accepted, got ${c.part}`,
+            );
+          if (!(PUSH_REASONS as readonly string[]).includes(c.reason))
+            this.reject(
+              'PushState',
+              grpc.status.INVALID_ARGUMENT,
+              `reason: '${c.reason}' is not one of ${PUSH_REASONS.join(', ')}`,
+            );
+          head = {
+            workerId: c.workerId,
+            generation: c.generation,
+            step: c.step,
+            reason: c.reason as PushReason,
+          };
+          asm = new ChunkAssembler(`state pushed by ${c.workerId} (step ${c.step})`, this.maxStateBytes());
+        } else if (c.workerId !== head.workerId || c.step !== head.step || c.generation !== head.generation) {
+          this.reject(
+            'PushState',
+            grpc.status.INVALID_ARGUMENT,
+            `worker_id/step/generation changed within the stream at offset ${c.offset}`,
+          );
+        }
+        asm?.add({ offset: Number(c.offset), total: Number(c.total), data: c.data, sha256: c.sha256 });
+      } catch (e) {
+        failed = true;
+        if (!(e instanceof RpcError)) this.countRejected('PushState', grpc.status.INVALID_ARGUMENT);
+        fail(e);
+      }
+    });
+    call.on('end', () => {
+      if (failed) return;
+      void (async () => {
+        try {
+          if (!head || !asm || !job) this.reject('PushState', grpc.status.INVALID_ARGUMENT, 'empty stream');
+          const buf = asm.finish();
+          const t0 = Date.now();
+          const info = await job.state.accept(buf, head.reason, `state pushed by ${head.workerId}`);
+          if (job.state.emaStep === head.step) this.opts.events?.onEmaSync?.(head.step);
+          if (info) this.opts.events?.onCheckpoint?.(info.step, info.ms, info.bytes, t0);
+          cb(null, { accepted: true, step: head.step });
+          if (head.reason === 'shutdown' || (this.stopping && info))
+            this.stopWaiters.splice(0).forEach((f) => f());
+          if (
+            head.step >= this.opts.totalSteps &&
+            (head.reason === 'final' || head.reason === 'checkpoint')
+          ) {
+            this.finish();
+          }
+        } catch (e) {
+          if (!(e instanceof RpcError)) {
+            this.countRejected('PushState', grpc.status.INVALID_ARGUMENT);
+            this.opts.log?.error({ error: (e as Error).message }, 'pushed state rejected');
+          }
+          fail(e);
+        }
+      })();
+    });
+  }
+
+  private countRejected(method: string, code: grpc.status): void {
+    const key = `${method}:${grpc.status[code]}`;
+    this.counters.rejected.set(key, (this.counters.rejected.get(key) ?? 0) + 1);
+    this.opts.events?.onRejected?.(method, grpc.status[code]);
+  }
+
+  /** Bound on a pushed snapshot: model, EMA and two moments in float32, plus room for the JSON meta. */
+  private maxStateBytes(): number {
+    const ckpt = this.opts.job?.state;
+    return ckpt ? ckpt.modelScalars * 4 * 4 + 64 * 2 ** 20 : 64 * 2 ** 20;
+  }
+
+  private fetchState(call: grpc.ServerWritableStream<pb.FetchStateRequest, pb.IStateChunk>): void {
+    try {
+      this.auth('FetchState', call.metadata);
+      this.member('FetchState', call.request.workerId, call.request.generation);
+      const buf = this.opts.job?.state.checkpointBytes() ?? null;
+      if (!buf) this.reject('FetchState', grpc.status.NOT_FOUND, 'the coordinator holds no checkpoint');
+      const step = this.opts.job?.state.checkpointStep ?? -1;
+      for (const c of toChunks(buf)) {
+        call.write({
+          workerId: call.request.workerId,
+          generation: call.request.generation,
+          step,
+          part: pb.StatePart.SNAPSHOT,
+          ...c,
+        });
+      }
+      call.end();
+    } catch (e) {
+      const err = e instanceof RpcError ? e : new RpcError(grpc.status.INTERNAL, (e as Error).message);
+      call.destroy(Object.assign(new Error(err.message), { code: err.code }));
+    }
+  }
+
+  private fetchShard(r: pb.ShardRequest): pb.IShardReply {
+    this.member('FetchShard', r.workerId, r.generation);
+    const job = this.opts.job;
+    if (!job) return this.reject('FetchShard', grpc.status.UNIMPLEMENTED, 'this coordinator has no dataset');
+    const B = this.opts.globalBatch;
+    if (!Number.isSafeInteger(r.step) || r.step < 0 || r.step >= this.opts.totalSteps)
+      this.reject(
+        'FetchShard',
+        grpc.status.INVALID_ARGUMENT,
+        `step: ${r.step} is outside 0…${this.opts.totalSteps - 1}`,
+      );
+    if (r.to > B || r.from > r.to)
+      this.reject(
+        'FetchShard',
+        grpc.status.INVALID_ARGUMENT,
+        `from/to: [${r.from}, ${r.to}) is not inside [0, ${B})`,
+      );
+    this.batches ??= new GlobalBatches(job.dataset.size, B, job.cfg.run.seed, job.cfg.data.drop_last);
+    const shard = readShard(
+      job.dataset,
+      { data: job.cfg.data, seed: job.cfg.run.seed, globalBatch: B },
+      { step: r.step, from: r.from, to: r.to },
+      this.batches,
+    );
+    return {
+      x0: new Uint8Array(shard.x0.buffer, shard.x0.byteOffset, shard.x0.byteLength),
+      labels: shard.labels ? [...shard.labels] : [],
+      shape: [shard.n, ...job.dataset.shape],
+    };
+  }
+  private batches: GlobalBatches | undefined;
+
+  /** The final checkpoint is durable: every worker is told to exit. */
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.opts.log?.info({ step: this.opts.totalSteps }, 'job finished');
+    const g = this.membership.generation;
+    for (const [id, s] of this.streams) {
+      s.write({ ...this.planFor(g, id), kind: pb.PlanKind.FINISH });
+      s.end();
+    }
+    this.streams.clear();
+    this.opts.events?.onFinished?.();
+  }
+
+  get isFinished(): boolean {
+    return this.finished;
+  }
+
+  /**
+   * Clean stop (SIGINT/SIGTERM): every worker is told to stop; rank 0 pushes its state, written as
+   * a checkpoint. Resolves when that checkpoint is durable or after `timeoutMs`.
+   */
+  async stop(timeoutMs: number): Promise<boolean> {
+    if (this.finished) return true;
+    this.stopping = true;
+    const done = new Promise<boolean>((resolve) => {
+      const t = setTimeout(() => resolve(false), timeoutMs);
+      this.stopWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+    const g = this.membership.generation;
+    if (g.ring.length === 0 || this.streams.size === 0) return false;
+    for (const [id, s] of this.streams) s.write({ ...this.planFor(g, id), kind: pb.PlanKind.STOP });
+    const ok = await done;
+    for (const s of this.streams.values()) s.end();
+    this.streams.clear();
+    return ok;
   }
 
   private failure(r: pb.FailureReport): pb.IFailureReply {
@@ -210,10 +470,19 @@ export class CoordinatorServer {
       { reporter: r.workerId, suspect: suspect?.id, reason: r.reason },
       'ring failure reported',
     );
-    if (suspect && r.generation === this.membership.generation.number) {
-      this.membership.remove(suspect.id, 'ring-failure');
-      this.streams.get(suspect.id)?.end();
-      this.streams.delete(suspect.id);
+    if (r.generation === this.membership.generation.number) {
+      const now = Date.now();
+      const interval = Math.max(10, Math.floor(this.opts.heartbeatTimeoutMs / 5));
+      if (suspect && now - suspect.lastHeartbeatMs > 2 * interval) {
+        // The suspect is silent here too: it is dead or stuck, not just slow on the ring.
+        this.membership.remove(suspect.id, 'ring-failure');
+        this.opts.events?.onWorkerDeath?.('ring-failure');
+        this.streams.get(suspect.id)?.end();
+        this.streams.delete(suspect.id);
+      } else {
+        // Everyone is alive as far as we can tell: re-form the ring (a transient network fault).
+        this.membership.invalidate();
+      }
     }
     this.tick(Date.now());
     return {};
@@ -232,7 +501,14 @@ export class CoordinatorServer {
     this.streams.get(id)?.end();
     this.streams.set(id, call);
     call.on('cancelled', () => {
-      if (this.streams.get(id) === call) this.streams.delete(id);
+      if (this.streams.get(id) !== call) return;
+      this.streams.delete(id);
+      // The worker's connection is gone (its process died, or it lost us): it is out of the ring.
+      if (!this.finished && !this.stopping && this.membership.remove(id, 'left')) {
+        this.opts.log?.warn({ worker: id }, 'worker left (plan stream closed)');
+        this.opts.events?.onWorkerDeath?.('stream-closed');
+        this.tick(Date.now());
+      }
     });
     // A worker that subscribes after its generation started still gets the plan.
     const g = this.membership.generation;
@@ -242,6 +518,8 @@ export class CoordinatorServer {
 
   private planFor(g: Generation, id: string): pb.IPlan {
     const rank = g.ring.findIndex((m) => m.id === id);
+    const ckptStep = this.opts.job?.state.checkpointStep ?? -1;
+    const newestMember = Math.max(-1, ...g.ring.map((m) => m.lastStep));
     return {
       kind: this.finished ? pb.PlanKind.FINISH : pb.PlanKind.TRAIN,
       generation: g.number,
@@ -254,9 +532,12 @@ export class CoordinatorServer {
         ringEndpoint: m.ringEndpoint,
         curvePublicKey: m.curvePublicKey,
       })),
-      startStep: this.startStep,
+      startStep: Math.max(0, ckptStep, newestMember),
       shards: shardPlan(this.opts.globalBatch, g.ring.length),
       verifyEvery: this.opts.verifyEvery,
+      checkpointStep: ckptStep,
+      // Only when the checkpoint is ahead of every member: otherwise the ring syncs from a peer.
+      stateSource: ckptStep > newestMember ? 'coordinator' : '',
     };
   }
 
@@ -264,19 +545,18 @@ export class CoordinatorServer {
   tick(nowMs: number): void {
     const dead = this.membership.expire(nowMs);
     for (const id of dead) {
+      this.opts.events?.onWorkerDeath?.('heartbeat-timeout');
       this.opts.log?.warn({ worker: id }, 'worker declared dead (heartbeat timeout)');
       this.streams.get(id)?.end();
       this.streams.delete(id);
     }
-    if (this.finished || !this.membership.needsNewGeneration()) return;
+    if (this.finished || this.stopping || !this.membership.needsNewGeneration()) return;
     // Only workers that hold a plan stream can take part: wait until every live worker subscribed.
     if (this.membership.alive().some((m) => !this.streams.has(m.id))) return;
     const g = this.membership.nextGeneration();
     this.counters.generations++;
-    this.opts.log?.info(
-      { generation: g.number, world: g.ring.length, start_step: this.startStep },
-      'new generation',
-    );
+    this.opts.events?.onGeneration?.(g.number, g.ring.length);
+    this.opts.log?.info({ generation: g.number, world: g.ring.length, step: this.step }, 'new generation');
     for (const m of g.ring) this.streams.get(m.id)?.write(this.planFor(g, m.id));
   }
 
@@ -286,10 +566,17 @@ export class CoordinatorServer {
     return {
       jobId: this.opts.jobId,
       generation: g.number,
-      step: this.lastReport?.step ?? this.startStep,
+      step: this.step,
       totalSteps: this.opts.totalSteps,
       loss: this.lastReport?.loss ?? 0,
-      state: this.finished ? 'finished' : g.number === 0 ? 'rendezvous' : 'training',
+      samplesPerS: this.rate.sps,
+      state: this.finished
+        ? 'finished'
+        : this.stopping
+          ? 'stopping'
+          : g.number === 0
+            ? 'rendezvous'
+            : 'training',
       workers: this.membership.alive().map((m) => ({
         workerId: m.id,
         host: m.host,
@@ -297,6 +584,7 @@ export class CoordinatorServer {
         backend: m.backend,
         heartbeatAgeMs: now - m.lastHeartbeatMs,
         lastStep: m.lastStep,
+        samplesPerS: this.workerSps.get(m.id) ?? 0,
       })),
     };
   }

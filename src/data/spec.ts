@@ -1,4 +1,5 @@
 /** Opens a dataset from its config spec string (`mnist`, `cifar10:<dir>`, `toy:<name>`, ...). */
+import { isAbsolute, join as joinPath } from 'node:path';
 import type { Config } from '../config/schema.js';
 import type { Dataset } from './dataset.js';
 import { openCifar10 } from './cifar.js';
@@ -91,4 +92,27 @@ export function openDataset(data: Config['data']): Dataset {
   if (data.channels !== 1 && data.channels !== 3)
     throw new Error(`data.channels: images have 1 (grey) or 3 (RGB) channels, got ${data.channels}`);
   return imageDataset(openSource(spec), { imageSize: data.image_size, channels: data.channels });
+}
+
+/**
+ * The spec with its relative paths resolved against `root` (a worker's `--data-root`): datasets
+ * live at different mount points on different hosts, the job config names them once.
+ */
+export function resolveSpec(spec: string, root: string | undefined): string {
+  if (!root) return spec;
+  const { kind, arg } = parseSpec(spec);
+  const abs = (p: string) => (p === '' || isAbsolute(p) ? p : joinPath(root, p));
+  switch (kind) {
+    case 'idx':
+    case 'npy':
+      return `${kind}:${arg.split(',').map(abs).join(',')}`;
+    case 'folder':
+      return `${kind}:${abs(arg)}`;
+    case 'cifar10': {
+      const m = /^(.*?)(:test)?$/.exec(arg);
+      return `${kind}:${abs(m?.[1] ?? arg)}${m?.[2] ?? ''}`;
+    }
+    default:
+      return spec;
+  }
 }

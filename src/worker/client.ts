@@ -5,6 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
+import { ChunkAssembler, toChunks } from './transfer.js';
 
 import pb = ringdiff.v1;
 
@@ -27,8 +28,12 @@ export class CoordinatorClient {
     credentials = grpc.credentials.createInsecure(),
     /** Deadline of unary calls, ms. */
     private readonly timeoutMs = 10000,
+    options: grpc.ChannelOptions = {},
   ) {
-    this.client = new ClientCtor(address, credentials) as unknown as grpc.Client & Record<string, unknown>;
+    this.client = new ClientCtor(address, credentials, {
+      'grpc.max_receive_message_length': 64 * 2 ** 20,
+      ...options,
+    }) as unknown as grpc.Client & Record<string, unknown>;
   }
 
   private metadata(): grpc.Metadata {
@@ -60,6 +65,62 @@ export class CoordinatorClient {
   }
   status(): Promise<pb.StatusReply> {
     return this.call('status', {});
+  }
+  fetchShard(r: pb.IShardRequest): Promise<pb.ShardReply> {
+    return this.call('fetchShard', r);
+  }
+
+  /** Streams `buf` to the coordinator as SNAPSHOT chunks; resolves with the coordinator's reply. */
+  pushState(
+    meta: { workerId: string; generation: number; step: number; reason: string },
+    buf: Uint8Array,
+  ): Promise<pb.PushStateReply> {
+    const fn = this.client.pushState as (
+      md: grpc.Metadata,
+      opts: grpc.CallOptions,
+      cb: (err: grpc.ServiceError | null, res?: pb.PushStateReply) => void,
+    ) => grpc.ClientWritableStream<pb.IStateChunk>;
+    return new Promise((resolve, reject) => {
+      const call = fn.call(this.client, this.metadata(), {}, (err, res) =>
+        err ? reject(err) : resolve(res as pb.PushStateReply),
+      );
+      for (const c of toChunks(buf)) {
+        call.write({ ...meta, part: pb.StatePart.SNAPSHOT, ...c });
+      }
+      call.end();
+    });
+  }
+
+  /** Fetches the coordinator's newest checkpoint as one snapshot buffer (checked against its sha256). */
+  fetchState(workerId: string, generation: number, maxBytes = 2 ** 31): Promise<Buffer> {
+    const fn = this.client.fetchState as (
+      req: pb.IFetchStateRequest,
+      md: grpc.Metadata,
+    ) => grpc.ClientReadableStream<pb.StateChunk>;
+    return new Promise((resolve, reject) => {
+      const asm = new ChunkAssembler(`state from the coordinator`, maxBytes);
+      const call = fn.call(
+        this.client,
+        { workerId, generation, parts: [pb.StatePart.SNAPSHOT] },
+        this.metadata(),
+      );
+      call.on('data', (c: pb.StateChunk) => {
+        try {
+          asm.add({ offset: Number(c.offset), total: Number(c.total), data: c.data, sha256: c.sha256 });
+        } catch (e) {
+          call.cancel();
+          reject(e as Error);
+        }
+      });
+      call.on('error', reject);
+      call.on('end', () => {
+        try {
+          resolve(asm.finish());
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+    });
   }
 
   /** The stream of plans for this worker. */

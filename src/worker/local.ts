@@ -77,6 +77,27 @@ export interface Job {
   resumedFrom: string | null;
 }
 
+/** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
+export function createJob(cfg: Config, dataset: Dataset): Job {
+  const model = createDenoiser(cfg.model, [...dataset.shape]);
+  const schedule = scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps);
+  const batches = new GlobalBatches(dataset.size, cfg.train.global_batch, cfg.run.seed, cfg.data.drop_last);
+  const sampler = createSampler(cfg.diffusion.timestep_sampler, cfg.diffusion.timesteps, {
+    historyPerTerm: cfg.diffusion.history_per_term,
+    uniformProb: cfg.diffusion.uniform_prob,
+  });
+  const state = initialState(model.init(cfg.run.seed));
+  return { cfg, dataset, model, schedule, sampler, batches, state, resumedFrom: null };
+}
+
+/** Puts the job back at step 0 (a fenced worker discards its state before it rejoins). */
+export function resetJob(job: Job): void {
+  const fresh = createJob(job.cfg, job.dataset);
+  disposeState(job.state);
+  job.state = fresh.state;
+  job.sampler = fresh.sampler;
+}
+
 /** Builds a job, resuming from the newest valid checkpoint in run.out_dir when there is one. */
 export async function openJob(cfg: Config, log?: Logger): Promise<Job> {
   const dataset = openDataset(cfg.data);

@@ -4,6 +4,7 @@
  * `RDSNAP1\0`, then four length-prefixed sections (u64 LE): state JSON, model, EMA and optimizer
  * as safetensors. The same encodings as a checkpoint directory, so nothing is defined twice.
  */
+import { createHash } from 'node:crypto';
 import { decodeSafetensors, encodeSafetensors } from '../model/safetensors.js';
 import type { HostTensor } from '../model/params.js';
 import type { Snapshot } from './local.js';
@@ -64,4 +65,80 @@ export function decodeSnapshot(buf: Buffer, label: string): Snapshot {
   }
   if (off !== buf.length) throw new Error(`${label}: ${buf.length - off} trailing bytes at offset ${off}`);
   return { state, parts };
+}
+
+/** One piece of a byte buffer on a gRPC stream (the fields of `StateChunk` that describe it). */
+export interface Chunk {
+  offset: number;
+  total: number;
+  data: Uint8Array;
+  /** sha256 (hex) of the whole buffer, on the last chunk only. */
+  sha256: string;
+}
+
+/** Default bytes per chunk: well under gRPC's 4 MiB default message limit. */
+export const CHUNK_BYTES = 1 << 20;
+
+/** Cuts `buf` into chunks of at most `chunkBytes` (an empty buffer is one empty chunk). */
+export function toChunks(buf: Uint8Array, chunkBytes = CHUNK_BYTES): Chunk[] {
+  const sha = createHash('sha256').update(buf).digest('hex');
+  const out: Chunk[] = [];
+  for (let off = 0; off < buf.length || out.length === 0; off += chunkBytes) {
+    const end = Math.min(buf.length, off + chunkBytes);
+    out.push({
+      offset: off,
+      total: buf.length,
+      data: buf.subarray(off, end),
+      sha256: end === buf.length ? sha : '',
+    });
+  }
+  return out;
+}
+
+/**
+ * Reassembles chunks that must arrive in order; every violation (gap, overlap, changed total,
+ * overrun, wrong digest, missing end) is an error naming the offset, so a broken stream can never
+ * be taken for a whole state.
+ */
+export class ChunkAssembler {
+  private buf: Buffer | null = null;
+  private next = 0;
+  private digest = '';
+
+  constructor(
+    private readonly label: string,
+    /** Largest total accepted, in bytes. */
+    private readonly maxBytes: number,
+  ) {}
+
+  /** Adds the next chunk. */
+  add(c: Chunk): void {
+    if (!Number.isSafeInteger(c.total) || c.total < 0 || c.total > this.maxBytes)
+      throw new Error(`${this.label}: total ${c.total} is outside 0…${this.maxBytes} bytes`);
+    if (this.buf === null) this.buf = Buffer.alloc(c.total);
+    if (c.total !== this.buf.length)
+      throw new Error(
+        `${this.label}: total changed from ${this.buf.length} to ${c.total} at offset ${c.offset}`,
+      );
+    if (c.offset !== this.next)
+      throw new Error(`${this.label}: expected offset ${this.next}, got ${c.offset}`);
+    if (c.offset + c.data.length > c.total)
+      throw new Error(`${this.label}: chunk at offset ${c.offset} overruns the total of ${c.total} bytes`);
+    this.buf.set(c.data, c.offset);
+    this.next += c.data.length;
+    if (c.sha256) this.digest = c.sha256;
+  }
+
+  /** The whole buffer, after checking that it is complete and matches its digest. */
+  finish(): Buffer {
+    if (this.buf === null) throw new Error(`${this.label}: no chunk received`);
+    if (this.next !== this.buf.length)
+      throw new Error(`${this.label}: stream ended at offset ${this.next} of ${this.buf.length}`);
+    const sha = createHash('sha256').update(this.buf).digest('hex');
+    if (sha !== this.digest)
+      throw new Error(
+        `${this.label}: sha256 mismatch (got ${sha.slice(0, 12)}…, announced ${this.digest.slice(0, 12) || 'none'})`,
+      );
+    return this.buf;
+  }
 }

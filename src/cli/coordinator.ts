@@ -1,0 +1,222 @@
+/**
+ * `ringdiff coordinator`: the job's gRPC server (rendezvous, membership, plans, central EMA and
+ * checkpoints) and its Prometheus metrics; exits 0 when the job has run all its steps.
+ */
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { loadConfig, configToYaml } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { openDataset } from '../data/spec.js';
+import { initBackend } from '../model/backend/index.js';
+import { createDenoiser } from '../model/factory.js';
+import { disposeParams, paramsFromHost } from '../model/params.js';
+import { scheduleFor } from '../model/schedule.js';
+import { createSampler, type SamplerState } from '../model/timesteps.js';
+import { CoordinatorServer } from '../coordinator/server.js';
+import { CentralState } from '../coordinator/state.js';
+import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { UsageError } from './common.js';
+import { writeSamplesFrom } from './train.js';
+
+export interface CoordinatorCliOptions {
+  config?: string;
+  set?: string[];
+  listen: string;
+  metrics?: string;
+  backend?: string;
+  pretty?: boolean;
+}
+
+/** The join token: RINGDIFF_TOKEN, else cluster.token; a coordinator without one refuses to start. */
+export function joinToken(cfg: Config): string {
+  const t = process.env.RINGDIFF_TOKEN || cfg.cluster.token;
+  if (!t) throw new UsageError('no join token: set RINGDIFF_TOKEN or cluster.token (launch generates one)');
+  if (t.length < 16) throw new UsageError('cluster.token: the join token must have at least 16 characters');
+  return t;
+}
+
+function readPem(key: string, file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new UsageError(
+      `${key}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+}
+
+/** Server credentials from cluster.tls: plaintext, TLS, or mutual TLS when a CA is given. */
+export function serverCredentials(cfg: Config): grpc.ServerCredentials {
+  const t = cfg.cluster.tls;
+  if (!t.cert && !t.key) return grpc.ServerCredentials.createInsecure();
+  if (!t.cert || !t.key) throw new UsageError('cluster.tls: cert and key must be given together');
+  const ca = t.ca ? readPem('cluster.tls.ca', t.ca) : null;
+  return grpc.ServerCredentials.createSsl(
+    ca,
+    [{ cert_chain: readPem('cluster.tls.cert', t.cert), private_key: readPem('cluster.tls.key', t.key) }],
+    ca !== null,
+  );
+}
+
+/** Client credentials from cluster.tls: plaintext without a CA; with a client cert for mutual TLS. */
+export function clientCredentials(cfg: Config): grpc.ChannelCredentials {
+  const t = cfg.cluster.tls;
+  if (!t.ca) return grpc.credentials.createInsecure();
+  if (!!t.client_cert !== !!t.client_key)
+    throw new UsageError('cluster.tls: client_cert and client_key must be given together');
+  return grpc.credentials.createSsl(
+    readPem('cluster.tls.ca', t.ca),
+    t.client_key ? readPem('cluster.tls.client_key', t.client_key) : null,
+    t.client_cert ? readPem('cluster.tls.client_cert', t.client_cert) : null,
+  );
+}
+
+/** Runs the coordinator until the job finishes (0) or is stopped by a signal (0 after a checkpoint). */
+export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> {
+  const cfg = loadConfig(o.config, o.set ?? []);
+  const token = joinToken(cfg);
+  const credentials = serverCredentials(cfg);
+  let server: CoordinatorServer | null = null;
+  const log = createLogger({
+    job: cfg.run.name,
+    pretty: o.pretty ?? false,
+    base: { role: 'coordinator' },
+    mixin: () => (server ? { step: server.step, generation: server.membership.generation.number } : {}),
+  });
+  const backend = await initBackend(o.backend, { quiet: true });
+  const dataset = openDataset(cfg.data);
+  const state = await CentralState.open(cfg, dataset, log);
+  if (state.checkpointStep >= cfg.train.steps) {
+    log.info({ step: state.checkpointStep }, 'the job has already run all its steps');
+    return 0;
+  }
+  const metrics = new CoordinatorMetrics(cfg.run.name);
+  let finished!: () => void;
+  const done = new Promise<void>((r) => (finished = r));
+  const srv = new CoordinatorServer({
+    jobId: cfg.run.name,
+    token,
+    configYaml: configToYaml(cfg),
+    globalBatch: cfg.train.global_batch,
+    totalSteps: cfg.train.steps,
+    minWorkers: cfg.cluster.min_workers,
+    maxWorkers: cfg.cluster.max_workers,
+    heartbeatTimeoutMs: cfg.cluster.heartbeat_timeout_ms,
+    verifyEvery: cfg.cluster.verify_every,
+    curve: cfg.cluster.allreduce.encryption === 'curve',
+    log,
+    job: { cfg, state, dataset },
+    events: {
+      onReport: (w, r, now) => metrics.onReport(w, { ...r, allreduceBusbwGBps: r.allreduceBusbwGbps }, now),
+      onGeneration: (g, n) => metrics.onGeneration(g, n),
+      onWorkerDeath: (reason) => metrics.onWorkerDeath(reason),
+      onRejected: (m, c) => metrics.onRejected(m, c),
+      onCheckpoint: (step, ms, bytes, now) => {
+        metrics.onCheckpoint(step, ms, bytes, now);
+        samplingWeights(cfg, state.sampler, metrics);
+      },
+      onEmaSync: (step) => {
+        metrics.onEmaSync(step);
+        samplingWeights(cfg, state.sampler, metrics);
+      },
+      onFinished: () => finished(),
+    },
+  });
+  server = srv;
+  if (state.checkpointStep >= 0) metrics.onCheckpoint(state.checkpointStep, 0, 0, Date.now());
+  samplingWeights(cfg, state.sampler, metrics);
+  const port = await srv.listen(o.listen, credentials);
+  const host = o.listen.slice(0, o.listen.lastIndexOf(':'));
+  let metricsServer: MetricsServer | null = null;
+  if (o.metrics) metricsServer = await serveMetrics(metrics.registry, o.metrics);
+  const liveness = setInterval(() => {
+    const now = Date.now();
+    const ring = srv.membership.generation.ring;
+    metrics.setLiveness(
+      srv.membership.alive().map((m) => ({
+        id: m.id,
+        host: m.host,
+        rank: ring.findIndex((x) => x.id === m.id),
+        heartbeatAgeMs: now - m.lastHeartbeatMs,
+      })),
+      now,
+    );
+  }, 1000);
+  log.info(
+    {
+      listen: `${host}:${port}`,
+      metrics: metricsServer
+        ? `${o.metrics?.slice(0, o.metrics.lastIndexOf(':'))}:${metricsServer.port}`
+        : null,
+      backend: backend.chosen,
+      tls: cfg.cluster.tls.cert ? (cfg.cluster.tls.ca ? 'mutual' : 'server') : 'off',
+      min_workers: cfg.cluster.min_workers,
+      resume_step: state.checkpointStep,
+    },
+    'coordinator listening',
+  );
+  let signalled = false;
+  const onSignal = (sig: string) => {
+    if (signalled) process.exit(130);
+    signalled = true;
+    log.warn({ signal: sig }, 'stopping: asking the workers for a final checkpoint');
+    void srv.stop(cfg.cluster.ring_timeout_ms + 30000).then((ok) => {
+      if (!ok) log.warn('no checkpoint from the workers before the deadline; the newest one on disk stands');
+      finished();
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await done;
+    if (srv.isFinished) await finalSamples(cfg, state, dataset.shape, log);
+    log.info({ step: state.checkpointStep }, srv.isFinished ? 'done' : 'stopped');
+    return 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    clearInterval(liveness);
+    await srv.close();
+    await metricsServer?.close();
+  }
+}
+
+/** Exports the sampling weights p(t) of the coordinator's copy of the sampler table. */
+function samplingWeights(cfg: Config, table: unknown, metrics: CoordinatorMetrics): void {
+  const d = cfg.diffusion;
+  const opts = { historyPerTerm: d.history_per_term, uniformProb: d.uniform_prob };
+  try {
+    const s = createSampler(
+      d.timestep_sampler,
+      d.timesteps,
+      opts,
+      (table ?? undefined) as SamplerState | undefined,
+    );
+    metrics.setSamplingWeights(s.probs());
+  } catch {
+    // A table from another config was refused when it was pushed; nothing to export.
+  }
+}
+
+async function finalSamples(
+  cfg: Config,
+  state: CentralState,
+  shape: readonly number[],
+  log: Logger,
+): Promise<void> {
+  if (!state.ema || cfg.sample.count === 0) return;
+  const model = createDenoiser(cfg.model, [...shape]);
+  const ema = paramsFromHost(state.ema);
+  try {
+    await writeSamplesFrom(
+      cfg,
+      model,
+      ema,
+      scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps),
+      log,
+    );
+  } finally {
+    disposeParams(ema);
+  }
+}

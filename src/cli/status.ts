@@ -1,0 +1,59 @@
+/** `ringdiff status`: what a running job's coordinator knows (workers, ranks, generation, step, throughput). */
+import { loadConfig } from '../config/load.js';
+import { CoordinatorClient } from '../worker/client.js';
+import { clientCredentials } from './coordinator.js';
+
+export interface StatusOptions {
+  coordinator: string;
+  config?: string;
+  set?: string[];
+  json?: boolean;
+}
+
+/** Prints the coordinator's status (a table, or one JSON object). */
+export async function status(o: StatusOptions): Promise<void> {
+  const cfg = loadConfig(o.config, o.set ?? []);
+  const client = new CoordinatorClient(o.coordinator, '', clientCredentials(cfg), 5000);
+  try {
+    const s = await client.status().catch((e: Error) => {
+      throw new Error(`coordinator ${o.coordinator}: ${e.message}`);
+    });
+    const workers = s.workers.map((w) => ({
+      id: w.workerId ?? '',
+      host: w.host ?? '',
+      rank: w.rank ?? -1,
+      backend: w.backend ?? '',
+      heartbeat_age_ms: w.heartbeatAgeMs ?? 0,
+      samples_per_s: w.samplesPerS ?? 0,
+      last_step: Number(w.lastStep ?? 0),
+    }));
+    if (o.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          job: s.jobId,
+          state: s.state,
+          generation: s.generation,
+          step: Number(s.step),
+          total_steps: Number(s.totalSteps),
+          loss: s.loss,
+          samples_per_s: s.samplesPerS,
+          workers,
+        })}\n`,
+      );
+      return;
+    }
+    const lines = [
+      `job ${s.jobId}: ${s.state}, generation ${s.generation}, step ${s.step}/${s.totalSteps}, loss ${s.loss.toFixed(4)}, ${s.samplesPerS.toFixed(1)} samples/s`,
+      'rank  worker                                host                  backend      samples/s  last step  heartbeat',
+      ...workers
+        .sort((a, b) => a.rank - b.rank)
+        .map(
+          (w) =>
+            `${String(w.rank).padStart(4)}  ${w.id.padEnd(36)}  ${w.host.padEnd(20)}  ${w.backend.padEnd(11)}  ${w.samples_per_s.toFixed(1).padStart(9)}  ${String(w.last_step).padStart(9)}  ${(w.heartbeat_age_ms / 1000).toFixed(1)} s ago`,
+        ),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  } finally {
+    client.close();
+  }
+}

@@ -1,0 +1,645 @@
+/**
+ * A worker process of a distributed job: registers with the coordinator, heartbeats, follows the
+ * stream of plans and, per generation, opens a ring, syncs state with its peers and runs fused
+ * data-parallel steps on its shard of each global batch (DESIGN.md, "one step on one worker").
+ *
+ * State is only changed by a completed step's commit (or by a sync at the start of a generation),
+ * so any failure — a dead peer, a new plan, a lost coordinator — leaves it at its last commit.
+ */
+import { createHash } from 'node:crypto';
+import { createServer } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type * as grpc from '@grpc/grpc-js';
+import * as zmq from 'zeromq';
+import { parseConfigText, validateConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import type { Dataset } from '../data/dataset.js';
+import { openDataset, resolveSpec } from '../data/spec.js';
+import { DEFAULT_DATASET_MODULE, Prefetcher, type LoadedShard } from '../data/prefetch.js';
+import { Ring } from '../allreduce/ring.js';
+import { RingError } from '../allreduce/errors.js';
+import { paramsToHost, sortedNames } from '../model/params.js';
+import type { Logger } from '../util/log.js';
+import { ringdiff } from '../proto-gen/coordinator.js';
+import { CoordinatorClient } from './client.js';
+import { createJob, resetJob, restoreSnapshot, snapshot, type Job, type Snapshot } from './local.js';
+import { fusedStep } from './step.js';
+import { syncGeneration, type Kept } from './sync.js';
+import { decodeSnapshot, encodeSnapshot } from './transfer.js';
+
+import pb = ringdiff.v1;
+
+export interface WorkerOptions {
+  /** Coordinator address, host:port. */
+  coordinator: string;
+  token: string;
+  credentials?: grpc.ChannelCredentials;
+  /** Endpoint the ring binds: tcp://HOST:PORT (PORT 0 = a free port) or ipc://PATH. */
+  ringBind: string;
+  /** Endpoint peers connect to (default: the bound one, with 0.0.0.0 replaced by `host`). */
+  ringAdvertise?: string;
+  /** Host identity (ring order puts workers of a host next to each other). */
+  host: string;
+  /** Resolves relative dataset paths of the job config. */
+  dataRoot?: string;
+  /** Read shards from the coordinator even if the dataset is readable here. */
+  fetchShards?: boolean;
+  backend: string;
+  device: string;
+  log: Logger;
+  /** Keep retrying a lost coordinator for this long before giving up, ms. */
+  retryForMs: number;
+  events?: WorkerEvents;
+}
+
+/** What a worker tells its observers (its metrics). */
+export interface WorkerEvents {
+  onStep?(r: StepRecord): void;
+  onRing?(ring: Ring): void;
+}
+
+/** One committed step as this worker saw it (times in ms, bytes, GB/s). */
+export interface StepRecord {
+  step: number;
+  generation: number;
+  rank: number;
+  worldSize: number;
+  loss: number;
+  lossQuarters: number[];
+  gradNorm: number;
+  lr: number;
+  dataWaitMs: number;
+  forwardBackwardMs: number;
+  allreduceMs: number;
+  optimizerMs: number;
+  stepMs: number;
+  allreduceBytes: number;
+  allreduceBusbwGBps: number;
+  examples: number;
+}
+
+/** How a worker's run ended. */
+export type WorkerOutcome = 'finished' | 'stopped';
+
+/** A problem no retry can fix (bad token, bad config, diverged weights): the worker exits non-zero. */
+export class FatalWorkerError extends Error {}
+
+type SessionEnd = WorkerOutcome | 'fenced' | 'lost';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A free TCP port on `host` (asked from the OS; released before the ring binds it). */
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** A dataset this worker cannot read: it knows the shape and size; shards come from FetchShard. */
+function remoteDataset(spec: string, shape: number[], size: number, numClasses: number): Dataset {
+  return {
+    spec,
+    size,
+    shape,
+    numClasses,
+    get: () => {
+      throw new Error(`${spec}: not readable on this worker (shards come from the coordinator)`);
+    },
+  };
+}
+
+/** A checksum of the weights, as four exact float32 integers (24 bits each) for an all-gather. */
+export async function weightsChecksum(job: Job): Promise<{ hex: string; floats: Float32Array }> {
+  const h = createHash('sha256');
+  const host = await paramsToHost(job.state.params);
+  for (const n of sortedNames(job.state.params)) {
+    const t = host.get(n);
+    if (t) h.update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  }
+  const d = h.digest();
+  const floats = new Float32Array(4);
+  for (let i = 0; i < 4; i++) floats[i] = d.readUIntBE(3 * i, 3);
+  return { hex: d.toString('hex'), floats };
+}
+
+/** One worker process; `run()` resolves when the job finished or was stopped. */
+export class Worker {
+  private readonly client: CoordinatorClient;
+  private readonly curve = zmq.curveKeyPair();
+  private bind = '';
+  private advertise = '';
+  private workerId = '';
+  private jobId = '';
+  private cfg: Config | null = null;
+  private job: Job | null = null;
+  private loader: Prefetcher | null = null;
+  private kept: Kept | null = null;
+  private ring: Ring | null = null;
+  /** Plans not yet acted on (only the newest matters) and who waits for one. */
+  private pending: pb.Plan | null = null;
+  private streamEnded = false;
+  private wake: (() => void) | null = null;
+  private fenced = false;
+  private pushChain: Promise<void> = Promise.resolve();
+  private generation = 0;
+  private rank = -1;
+  private readonly log: Logger;
+
+  constructor(private readonly o: WorkerOptions) {
+    this.client = new CoordinatorClient(o.coordinator, o.token, o.credentials);
+    this.log = o.log;
+  }
+
+  /** Current step (for log lines). */
+  get step(): number {
+    return this.job?.state.step ?? -1;
+  }
+
+  get info(): { generation: number; rank: number } {
+    return { generation: this.generation, rank: this.rank };
+  }
+
+  /** Runs until the job finishes or is stopped; throws FatalWorkerError on unrecoverable errors. */
+  async run(): Promise<WorkerOutcome> {
+    await this.resolveRingEndpoint();
+    let lostSince: number | null = null;
+    let backoff = 200;
+    try {
+      for (;;) {
+        let end: SessionEnd;
+        try {
+          end = await this.session();
+        } catch (e) {
+          if (e instanceof FatalWorkerError) throw e;
+          const code = (e as { code?: number }).code;
+          if (code === 16 /* UNAUTHENTICATED */)
+            throw new FatalWorkerError(`coordinator ${this.o.coordinator} refused the join token`);
+          if (code === 9 /* FAILED_PRECONDITION */ && /finished/.test((e as Error).message))
+            return 'finished';
+          this.log.warn({ error: (e as Error).message }, 'coordinator unreachable; retrying');
+          end = 'lost';
+        }
+        if (end === 'finished' || end === 'stopped') return end;
+        if (end === 'fenced') {
+          // Out of the generation: our state may differ from the survivors' in the last bits.
+          this.log.warn('fenced out of the job: discarding state and rejoining');
+          if (this.job) resetJob(this.job);
+          this.kept = null;
+          lostSince = null;
+          backoff = 200;
+          continue;
+        }
+        lostSince ??= Date.now();
+        if (Date.now() - lostSince > this.o.retryForMs)
+          throw new FatalWorkerError(
+            `coordinator ${this.o.coordinator} unreachable for ${Math.round(this.o.retryForMs / 1000)} s`,
+          );
+        await sleep(backoff);
+        backoff = Math.min(5000, backoff * 2);
+      }
+    } finally {
+      await this.closeRing();
+      await this.pushChain.catch(() => {});
+      await this.loader?.close();
+      this.client.close();
+    }
+  }
+
+  private async resolveRingEndpoint(): Promise<void> {
+    const m = /^tcp:\/\/(.+):(\d+)$/.exec(this.o.ringBind);
+    if (m) {
+      const host = m[1] as string;
+      const port = Number(m[2]) === 0 ? await freePort(host === '*' ? '0.0.0.0' : host) : Number(m[2]);
+      this.bind = `tcp://${host}:${port}`;
+      const adv = host === '0.0.0.0' || host === '*' ? this.o.host : host;
+      this.advertise = this.o.ringAdvertise ?? `tcp://${adv}:${port}`;
+    } else if (this.o.ringBind.startsWith('ipc://')) {
+      this.bind = this.o.ringBind;
+      this.advertise = this.o.ringAdvertise ?? this.o.ringBind;
+    } else {
+      throw new FatalWorkerError(`--ring-bind ${this.o.ringBind}: expected tcp://HOST:PORT or ipc://PATH`);
+    }
+  }
+
+  /** One registration: follows plans until the job ends, we are fenced, or the coordinator is lost. */
+  private async session(): Promise<SessionEnd> {
+    const reg = await this.client.register({
+      host: this.o.host,
+      backend: this.o.backend,
+      device: this.o.device,
+      ringEndpoint: this.advertise,
+      curvePublicKey: this.curve.publicKey,
+      committedStep: this.job ? this.job.state.step : -1,
+      pid: process.pid,
+      hasData: this.loader !== null,
+    });
+    this.workerId = reg.workerId;
+    this.fenced = false;
+    this.setUpJob(reg);
+    this.log.info({ worker: this.workerId, ring: this.advertise }, 'registered');
+    const hb = this.startHeartbeats(reg.heartbeatIntervalMs);
+    const stream = this.client.plans(this.workerId);
+    this.pending = null;
+    this.streamEnded = false;
+    stream.on('data', (p: pb.Plan) => {
+      this.pending = p;
+      this.abortGeneration();
+      this.wake?.();
+    });
+    const ended = () => {
+      this.streamEnded = true;
+      this.abortGeneration();
+      this.wake?.();
+    };
+    stream.on('error', ended);
+    stream.on('end', ended);
+    try {
+      for (;;) {
+        const plan = await this.nextPlan();
+        if (!plan) return this.fenced ? 'fenced' : 'lost';
+        if (plan.kind === pb.PlanKind.FINISH) {
+          this.log.info('job finished');
+          return 'finished';
+        }
+        if (plan.kind === pb.PlanKind.STOP) {
+          await this.closeRing();
+          if (plan.rank === 0 && this.job)
+            await this.push('shutdown', await snapshot(this.job), plan.generation);
+          this.log.info('stopped by the coordinator');
+          return 'stopped';
+        }
+        await this.runGeneration(plan);
+        if (this.fenced) return 'fenced';
+      }
+    } finally {
+      clearInterval(hb);
+      stream.removeAllListeners();
+      stream.on('error', () => {});
+      stream.cancel();
+    }
+  }
+
+  private setUpJob(reg: pb.RegisterReply): void {
+    const cfg = validateConfig(
+      parseConfigText(reg.configYaml, 'job config from the coordinator'),
+      'job config',
+    );
+    if (this.job && this.jobId === reg.jobId) return;
+    if (this.job) {
+      this.log.warn({ job: reg.jobId }, 'the coordinator runs another job: starting over');
+      this.job = null;
+    }
+    this.jobId = reg.jobId;
+    this.cfg = cfg;
+    const spec = resolveSpec(cfg.data.dataset, this.o.dataRoot);
+    const data = { ...cfg.data, dataset: spec };
+    let dataset: Dataset;
+    let local = true;
+    try {
+      if (this.o.fetchShards) throw new Error('--fetch-shards');
+      dataset = openDataset(data);
+    } catch (e) {
+      local = false;
+      this.log.warn(
+        { error: (e as Error).message },
+        'dataset not readable here: shards come from the coordinator',
+      );
+      dataset = remoteDataset(spec, reg.dataShape, Number(reg.datasetSize), cfg.model.num_classes);
+    }
+    if (reg.dataShape.length > 0 && reg.dataShape.join(',') !== dataset.shape.join(','))
+      throw new FatalWorkerError(
+        `${spec}: examples have shape [${dataset.shape.join(', ')}] here, [${reg.dataShape.join(', ')}] on the coordinator`,
+      );
+    this.job = createJob({ ...cfg, data }, dataset);
+    this.kept = null;
+    this.loader = local
+      ? new Prefetcher({
+          data,
+          seed: cfg.run.seed,
+          globalBatch: cfg.train.global_batch,
+          module: DEFAULT_DATASET_MODULE,
+        })
+      : null;
+  }
+
+  private startHeartbeats(intervalMs: number): NodeJS.Timeout {
+    return setInterval(() => {
+      this.client
+        .heartbeat({ workerId: this.workerId, generation: this.generation, step: this.step })
+        .then((r) => {
+          if (!r.member && !this.fenced) {
+            this.fenced = true;
+            this.streamEnded = true;
+            this.abortGeneration();
+            this.wake?.();
+          }
+        })
+        .catch(() => {
+          // The plan stream reports a lost coordinator; a missed heartbeat alone is not fatal.
+        });
+    }, intervalMs);
+  }
+
+  private nextPlan(): Promise<pb.Plan | null> {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.pending) {
+          const p = this.pending;
+          this.pending = null;
+          this.wake = null;
+          resolve(p);
+        } else if (this.streamEnded) {
+          this.wake = null;
+          resolve(null);
+        } else this.wake = check;
+      };
+      check();
+    });
+  }
+
+  /** A newer plan (or the end of the stream) makes the running generation stop at once. */
+  private abortGeneration(): void {
+    const ring = this.ring;
+    if (ring && !ring.isClosed) void ring.close().catch(() => {});
+  }
+
+  private async closeRing(): Promise<void> {
+    const ring = this.ring;
+    this.ring = null;
+    if (ring && !ring.isClosed) await ring.close().catch(() => {});
+  }
+
+  private interrupted(): boolean {
+    return this.pending !== null || this.streamEnded || this.fenced;
+  }
+
+  private async openRing(plan: pb.Plan, cfg: Config): Promise<Ring> {
+    const n = plan.worldSize;
+    const succ = plan.peers[(plan.rank + 1) % n];
+    const pred = plan.peers[(plan.rank + n - 1) % n];
+    if (!succ || !pred) throw new Error(`plan of generation ${plan.generation} lacks peers`);
+    const curve = cfg.cluster.allreduce.encryption === 'curve';
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try {
+        return await Ring.open({
+          jobId: this.jobId,
+          rank: plan.rank,
+          worldSize: n,
+          generation: plan.generation,
+          bindAddress: this.bind,
+          successorAddress: succ.ringEndpoint ?? '',
+          chunkBytes: cfg.cluster.allreduce.chunk_bytes,
+          timeoutMs: cfg.cluster.ring_timeout_ms,
+          compression: cfg.cluster.allreduce.compression,
+          encryption: cfg.cluster.allreduce.encryption,
+          ...(curve
+            ? {
+                curve: {
+                  publicKey: this.curve.publicKey,
+                  secretKey: this.curve.secretKey,
+                  successorPublicKey: succ.curvePublicKey ?? '',
+                  allowedClientKeys: pred.curvePublicKey ?? '',
+                },
+              }
+            : {}),
+        });
+      } catch (e) {
+        // The previous generation's socket may still hold the address for a moment.
+        if (!/in use/i.test((e as Error).message) || Date.now() > deadline) throw e;
+        await sleep(100);
+      }
+    }
+  }
+
+  /** Runs the steps of one generation; returns when it ends (done, aborted, or a ring failure). */
+  private async runGeneration(plan: pb.Plan): Promise<void> {
+    const job = this.job;
+    const cfg = this.cfg;
+    if (!job || !cfg) throw new Error('no job');
+    await this.closeRing();
+    this.generation = plan.generation;
+    this.rank = plan.rank;
+    if (plan.rank < 0) return; // not in this generation's ring: wait for the next plan
+    const log = this.log;
+    try {
+      if (plan.stateSource === 'coordinator' && job.state.step < Number(plan.checkpointStep)) {
+        const buf = await this.client.fetchState(this.workerId, plan.generation);
+        restoreSnapshot(job, decodeSnapshot(buf, 'state from the coordinator'));
+        this.kept = null;
+        log.info({ step: job.state.step }, 'state fetched from the coordinator');
+      }
+      if (this.interrupted()) return;
+      const ring = await this.openRing(plan, cfg);
+      this.ring = ring;
+      this.o.events?.onRing?.(ring);
+      if (this.interrupted()) return;
+      const sync = await syncGeneration(job, ring, this.kept);
+      log.info(
+        {
+          world: plan.worldSize,
+          step: sync.step,
+          root: sync.root,
+          rolled_forward: sync.rolledForward,
+          received_state: sync.receivedState,
+        },
+        'generation started',
+      );
+      if (sync.receivedState) this.kept = null;
+      await this.trainLoop(plan, ring, log);
+    } catch (e) {
+      if (this.interrupted()) return; // a new plan closed the ring under us: expected
+      if (e instanceof FatalWorkerError) throw e;
+      if (e instanceof RingError || /ring|closed/i.test((e as Error).message)) {
+        log.warn({ error: (e as Error).message }, 'ring failed; waiting for a new generation');
+        await this.client
+          .reportFailure({
+            workerId: this.workerId,
+            generation: plan.generation,
+            step: job.state.step,
+            suspectRank: -1,
+            reason: (e as Error).message,
+          })
+          .catch(() => {});
+        return;
+      }
+      throw e;
+    }
+  }
+
+  private async trainLoop(plan: pb.Plan, ring: Ring, log: Logger): Promise<void> {
+    const job = this.job as Job;
+    const cfg = job.cfg;
+    const total = cfg.train.steps;
+    const shardRange = plan.shards[plan.rank];
+    if (!shardRange)
+      throw new Error(`plan of generation ${plan.generation} has no shard for rank ${plan.rank}`);
+    const range = { from: shardRange.from ?? 0, to: shardRange.to ?? 0 };
+    this.loader?.drop();
+    const acc = new StepAverages();
+    while (job.state.step < total) {
+      if (this.interrupted()) return;
+      const s = job.state.step;
+      const t0 = performance.now();
+      const shard = await this.shard(plan, s, range.from, range.to);
+      if (s + 1 < total) this.loader?.request(s + 1, range.from, range.to);
+      const dataWaitMs = performance.now() - t0;
+      const sent0 = ring.stats().bytesSent;
+      const r = await fusedStep(job, shard, (buf) => ring.allReduce(buf));
+      this.kept = { step: s, reduced: r.reduced };
+      if (!Number.isFinite(r.loss))
+        throw new FatalWorkerError(`loss is ${r.loss} at step ${r.step}: training diverged`);
+      const bytes = ring.stats().bytesSent - sent0;
+      const arSec = r.timings.allreduceMs / 1000;
+      const N = plan.worldSize;
+      const busbw = N > 1 && arSec > 0 ? ((r.reduced.byteLength / arSec) * (2 * (N - 1))) / N / 1e9 : 0;
+      let checksum = '';
+      if (plan.verifyEvery > 0 && r.step % plan.verifyEvery === 0) checksum = await this.verify(ring, r.step);
+      const rec: StepRecord = {
+        step: r.step,
+        generation: plan.generation,
+        rank: plan.rank,
+        worldSize: N,
+        loss: r.loss,
+        lossQuarters: r.lossQuarters,
+        gradNorm: r.gradNorm,
+        lr: r.lr,
+        dataWaitMs,
+        forwardBackwardMs: r.timings.forwardBackwardMs,
+        allreduceMs: r.timings.allreduceMs,
+        optimizerMs: r.timings.optimizerMs,
+        stepMs: r.ms + dataWaitMs,
+        allreduceBytes: bytes,
+        allreduceBusbwGBps: busbw,
+        examples: shard.n,
+      };
+      this.o.events?.onStep?.(rec);
+      this.o.events?.onRing?.(ring);
+      void this.client
+        .report({
+          ...rec,
+          workerId: this.workerId,
+          allreduceBusbwGbps: busbw,
+          weightsChecksum: checksum,
+        })
+        .catch(() => {});
+      acc.add(rec);
+      if (r.step % cfg.train.log_every === 0)
+        log.info({ step: r.step, loss: r.loss, ...acc.flush() }, 'step');
+      if (plan.rank === 0 && r.step < total) {
+        const every = cfg.train.checkpoint_every;
+        if (every > 0 && r.step % every === 0)
+          this.pushAsync('checkpoint', await snapshot(job), plan.generation);
+        else if (r.step % cfg.train.ema_sync_every === 0)
+          this.pushAsync('ema-sync', await emaSnapshot(job), plan.generation);
+      }
+    }
+    // The last step is committed everywhere that got here: rank 0 hands the final state over.
+    if (plan.rank === 0 && !this.interrupted()) {
+      await this.pushChain.catch(() => {});
+      await this.push('final', await snapshot(job), plan.generation);
+    }
+  }
+
+  /** Compares the weights' checksum across the ring; a difference is fatal (silent drift is worse). */
+  private async verify(ring: Ring, step: number): Promise<string> {
+    const c = await weightsChecksum(this.job as Job);
+    const all = await ring.allGather(c.floats);
+    all.forEach((a, r) => {
+      if (a.some((v, i) => v !== c.floats[i]))
+        throw new FatalWorkerError(
+          `weights diverged at step ${step}: rank ${r}'s checksum differs from rank ${ring.rank}'s`,
+        );
+    });
+    return c.hex;
+  }
+
+  private async shard(plan: pb.Plan, step: number, from: number, to: number): Promise<LoadedShard> {
+    if (this.loader) return this.loader.get(step, from, to);
+    const r = await this.client.fetchShard({
+      workerId: this.workerId,
+      generation: plan.generation,
+      step,
+      from,
+      to,
+    });
+    const x0 = new Float32Array(r.x0.buffer.slice(r.x0.byteOffset, r.x0.byteOffset + r.x0.byteLength));
+    return { x0, labels: r.labels.length > 0 ? Int32Array.from(r.labels) : null, from, n: to - from };
+  }
+
+  /** Queues a push behind earlier ones (training goes on; the snapshot is already a copy). */
+  private pushAsync(reason: string, snap: Snapshot, generation: number): void {
+    this.pushChain = this.pushChain
+      .then(() => this.push(reason, snap, generation))
+      .catch((e: unknown) => this.log.warn({ error: (e as Error).message, reason }, 'state push failed'));
+  }
+
+  private async push(reason: string, snap: Snapshot, generation: number): Promise<void> {
+    const t0 = performance.now();
+    const buf = encodeSnapshot(snap);
+    const r = await this.client.pushState(
+      { workerId: this.workerId, generation, step: snap.state.step, reason },
+      buf,
+    );
+    this.log.info(
+      { reason, step: r.step, bytes: buf.length, ms: Math.round(performance.now() - t0) },
+      'state pushed',
+    );
+  }
+}
+
+/** Mean step-time breakdown over the steps since the last log line (what `bench:scaling` reads). */
+class StepAverages {
+  private n = 0;
+  private sum = {
+    data_wait_ms: 0,
+    forward_backward_ms: 0,
+    allreduce_ms: 0,
+    optimizer_ms: 0,
+    step_ms: 0,
+    examples: 0,
+  };
+
+  add(r: StepRecord): void {
+    this.n++;
+    this.sum.data_wait_ms += r.dataWaitMs;
+    this.sum.forward_backward_ms += r.forwardBackwardMs;
+    this.sum.allreduce_ms += r.allreduceMs;
+    this.sum.optimizer_ms += r.optimizerMs;
+    this.sum.step_ms += r.stepMs;
+    this.sum.examples += r.examples;
+  }
+
+  /** Means (ms) and this worker's samples/s since the last flush; then starts over. */
+  flush(): Record<string, number> {
+    const n = Math.max(1, this.n);
+    const out: Record<string, number> = { steps: this.n };
+    for (const [k, v] of Object.entries(this.sum))
+      if (k !== 'examples') out[k] = Math.round((v / n) * 100) / 100;
+    out.samples_per_s =
+      this.sum.step_ms > 0 ? Math.round((this.sum.examples * 1e5) / this.sum.step_ms) / 100 : 0;
+    this.n = 0;
+    for (const k of Object.keys(this.sum) as (keyof typeof this.sum)[]) this.sum[k] = 0;
+    return out;
+  }
+}
+
+/** The EMA and the JSON state (sampler table) only: what an EMA sync sends. */
+async function emaSnapshot(job: Job): Promise<Snapshot> {
+  const full: Snapshot = {
+    parts: { model: new Map(), ema: await paramsToHost(job.state.ema), optimizer: new Map() },
+    state: {
+      step: job.state.step,
+      sampler: job.sampler.state(),
+      cursor: job.batches.cursor(job.state.step),
+      data_shape: [...job.model.dataShape],
+    },
+  };
+  return full;
+}
