@@ -151,8 +151,13 @@ export class LocalCluster {
 }
 
 /** Runs `ringdiff launch` to completion; resolves with its exit code. */
-export async function runLaunch(dir: string, name: string, args: string[]): Promise<number> {
-  const p = spawnRingdiff(dir, name, ['launch', '--no-progress', ...args]);
+export async function runLaunch(
+  dir: string,
+  name: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<number> {
+  const p = spawnRingdiff(dir, name, ['launch', '--no-progress', ...args], env);
   return p.exit;
 }
 

@@ -190,16 +190,21 @@ test('elasticity: SIGKILL one of 3 workers, then a worker joins; the job ends as
 
 test('the embedded default job (MNIST U-Net, 2 workers) runs end to end under launch, short form', async () => {
   const out = path.join(root, 'default');
-  const code = await runLaunch(root, 'default', [
-    '--set',
-    `run.out_dir=${out}`,
-    '--set',
-    'train.steps=3',
-    '--set',
-    'sample.count=4',
-    '--set',
-    'sample.steps=3',
-  ]);
+  const code = await runLaunch(
+    root,
+    'default',
+    [
+      '--set',
+      `run.out_dir=${out}`,
+      '--set',
+      'train.steps=3',
+      '--set',
+      'sample.count=4',
+      '--set',
+      'sample.steps=3',
+    ],
+    { RINGDIFF_TOKEN: '' },
+  );
   assert.equal(code, 0, `see ${root}/default.log`);
   const state = JSON.parse(readFileSync(path.join(out, 'ckpt-3', 'state.json'), 'utf8')) as {
     config: { data: { dataset: string }; model: { kind: string } };
@@ -258,4 +263,34 @@ test('mutual TLS for gRPC, CURVE on the ring, and a worker without the dataset r
   t.diagnostic(`plaintext+local data vs TLS+fetched shards: max |Δ| ${d.model}`);
   assert.equal(d.model, 0, 'same data, same order, same bits');
   assert.equal(d.ema, 0);
+});
+
+test('a step longer than the heartbeat timeout does not get a busy worker declared dead', async (t) => {
+  // The pure-JS backend makes each step of this U-Net take longer than the 1.5 s timeout: the
+  // heartbeats come from their own thread, so the worker must never be declared dead.
+  const c = new LocalCluster(
+    root,
+    `
+run: { name: slow, out_dir: ${path.join(root, 'slow')} }
+data: { dataset: mnist, image_size: 8 }
+model: { kind: unet, channels: [8, 8], groups: 4, time_embed_dim: 16, num_classes: 0 }
+train: { steps: 3, global_batch: 96, checkpoint_every: 0, log_every: 1 }
+sample: { count: 0 }
+cluster: { heartbeat_timeout_ms: 1500, min_workers: 1 }
+`,
+  );
+  try {
+    const coord = await c.startCoordinator();
+    const w = c.startWorker('slow-worker', ['--backend', 'cpu']);
+    assert.equal(await coord.exit, 0);
+    assert.equal(await w.exit, 0);
+    const log = readFileSync(w.log, 'utf8');
+    const ms = [...log.matchAll(/"step_ms":([\d.]+)/g)].map((m) => Number(m[1]));
+    t.diagnostic(`step times ${ms.map((x) => Math.round(x)).join(', ')} ms; heartbeat timeout 1500 ms`);
+    assert.ok(Math.max(...ms) > 1500, 'a step really outlasted the heartbeat timeout');
+    assert.doesNotMatch(readFileSync(coord.log, 'utf8'), /declared dead/);
+    assert.doesNotMatch(log, /fenced/);
+  } finally {
+    await c.stop();
+  }
 });

@@ -391,7 +391,7 @@ test('mnist: the embedded digits, 10 000 with 10 classes, preprocessed to [32, 3
   const hist = new Array<number>(10).fill(0);
   for (let i = 0; i < s.size; i++) hist[s.label(i)]! += 1;
   assert.deepEqual(hist, [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]);
-  const ds = openDataset(DataSchema.parse({ dataset: 'mnist' }));
+  const ds = openDataset(DataSchema.parse({ dataset: 'mnist', image_size: 32 }));
   assert.deepEqual([...ds.shape], [32, 32, 1]);
   const x = ds.get(5000).x;
   assert.equal(Math.min(...x), -1);

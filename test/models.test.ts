@@ -21,11 +21,19 @@ await tf.setBackend('cpu');
 tf.enableProdMode();
 
 const anchor = (): ModelConfig =>
-  ModelSchema.parse({ kind: 'unet', channels: [32, 64, 128], res_blocks: 1, groups: 8, time_embed_dim: 128 });
+  ModelSchema.parse({
+    num_classes: 0,
+    kind: 'unet',
+    channels: [32, 64, 128],
+    res_blocks: 1,
+    groups: 8,
+    time_embed_dim: 128,
+  });
 
 /** A U-Net small enough for the pure-JS backend: 8×8 inputs, channels [8, 16]. */
 const small = (over: Partial<ModelConfig> = {}): ModelConfig =>
   ModelSchema.parse({
+    num_classes: 0,
     kind: 'unet',
     channels: [8, 16],
     res_blocks: 1,
@@ -96,7 +104,7 @@ test('output shape equals input shape (unet ± attention, ± classes; mlp ± cla
     [small({ num_classes: 3, res_blocks: 2, attention_resolutions: [4] }), [8, 8, 2]],
     [small({ channels: [8, 8, 16] }), [8, 4, 1]],
     [small({ channels: [8] }), [5, 3, 1]],
-    [ModelSchema.parse({ kind: 'mlp' }), [2]],
+    [ModelSchema.parse({ num_classes: 0, kind: 'mlp' }), [2]],
     [ModelSchema.parse({ kind: 'mlp', num_classes: 8, hidden: 32, layers: 2 }), [2]],
   ];
   for (const [cfg, shape] of cases) {
@@ -339,7 +347,7 @@ test('factory rejects inconsistent configs with one-line errors naming the key',
       /^model\.channels: 3 levels need image sides divisible by 4, got 6×6$/,
     ],
     [small(), [2], /^model\.kind: unet needs image examples \[H, W, C\], got \[2\]/],
-    [ModelSchema.parse({ kind: 'mlp' }), [8, 8, 1], /^model\.kind: mlp needs 1-D examples/],
+    [ModelSchema.parse({ num_classes: 0, kind: 'mlp' }), [8, 8, 1], /^model\.kind: mlp needs 1-D examples/],
     [
       small({ attention_resolutions: [7] }),
       [8, 8, 1],

@@ -74,7 +74,7 @@ test('prefetch overlaps: with a slow reader the step does not wait once warmed u
       waits.push(loader.lastWaitMs);
       loader.request(step + 1, 0, B);
       // A "training step" that takes longer than reading a batch.
-      const end = Date.now() + 4 * readMs;
+      const end = Date.now() + 8 * readMs;
       while (Date.now() < end) {
         // compute
       }

@@ -17,6 +17,7 @@ import { CentralState } from '../coordinator/state.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { UsageError } from './common.js';
+import { credentialsFrom, type TlsPem } from '../worker/heartbeat.js';
 import { writeSamplesFrom } from './train.js';
 
 export interface CoordinatorCliOptions {
@@ -59,17 +60,22 @@ export function serverCredentials(cfg: Config): grpc.ServerCredentials {
   );
 }
 
-/** Client credentials from cluster.tls: plaintext without a CA; with a client cert for mutual TLS. */
-export function clientCredentials(cfg: Config): grpc.ChannelCredentials {
+/** Client TLS material from cluster.tls: none without a CA; with a client cert for mutual TLS. */
+export function clientTls(cfg: Config): TlsPem | null {
   const t = cfg.cluster.tls;
-  if (!t.ca) return grpc.credentials.createInsecure();
+  if (!t.ca) return null;
   if (!!t.client_cert !== !!t.client_key)
     throw new UsageError('cluster.tls: client_cert and client_key must be given together');
-  return grpc.credentials.createSsl(
-    readPem('cluster.tls.ca', t.ca),
-    t.client_key ? readPem('cluster.tls.client_key', t.client_key) : null,
-    t.client_cert ? readPem('cluster.tls.client_cert', t.client_cert) : null,
-  );
+  return {
+    ca: readPem('cluster.tls.ca', t.ca),
+    key: t.client_key ? readPem('cluster.tls.client_key', t.client_key) : null,
+    cert: t.client_cert ? readPem('cluster.tls.client_cert', t.client_cert) : null,
+  };
+}
+
+/** Client credentials from cluster.tls (see `clientTls`). */
+export function clientCredentials(cfg: Config): grpc.ChannelCredentials {
+  return credentialsFrom(clientTls(cfg));
 }
 
 /** Runs the coordinator until the job finishes (0) or is stopped by a signal (0 after a checkpoint). */

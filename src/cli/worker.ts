@@ -5,7 +5,7 @@ import { initBackend } from '../model/backend/index.js';
 import { Worker, FatalWorkerError } from '../worker/worker.js';
 import { WorkerMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
 import { createLogger } from '../util/log.js';
-import { clientCredentials, joinToken } from './coordinator.js';
+import { clientTls, joinToken } from './coordinator.js';
 
 export interface WorkerCliOptions {
   coordinator: string;
@@ -27,7 +27,7 @@ export async function runWorker(o: WorkerCliOptions): Promise<number> {
   // The job config comes from the coordinator; the local config only supplies the token and TLS.
   const local = loadConfig(o.config, o.set ?? []);
   const token = joinToken(local);
-  const credentials = clientCredentials(local);
+  const tls = clientTls(local);
   let worker: Worker | null = null;
   const log = createLogger({
     job: local.run.name,
@@ -42,7 +42,7 @@ export async function runWorker(o: WorkerCliOptions): Promise<number> {
   worker = new Worker({
     coordinator: o.coordinator,
     token,
-    credentials,
+    tls,
     ringBind: o.ringBind,
     ...(o.ringAdvertise ? { ringAdvertise: o.ringAdvertise } : {}),
     host,

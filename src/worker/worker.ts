@@ -9,7 +9,6 @@
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type * as grpc from '@grpc/grpc-js';
 import * as zmq from 'zeromq';
 import { parseConfigText, validateConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
@@ -22,6 +21,7 @@ import { paramsToHost, sortedNames } from '../model/params.js';
 import type { Logger } from '../util/log.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
 import { CoordinatorClient } from './client.js';
+import { Heartbeats, credentialsFrom, type TlsPem } from './heartbeat.js';
 import { createJob, resetJob, restoreSnapshot, snapshot, type Job, type Snapshot } from './local.js';
 import { fusedStep } from './step.js';
 import { syncGeneration, type Kept } from './sync.js';
@@ -33,7 +33,8 @@ export interface WorkerOptions {
   /** Coordinator address, host:port. */
   coordinator: string;
   token: string;
-  credentials?: grpc.ChannelCredentials;
+  /** TLS material for the coordinator channel (null: plaintext). */
+  tls?: TlsPem | null;
   /** Endpoint the ring binds: tcp://HOST:PORT (PORT 0 = a free port) or ipc://PATH. */
   ringBind: string;
   /** Endpoint peers connect to (default: the bound one, with 0.0.0.0 replaced by `host`). */
@@ -149,10 +150,11 @@ export class Worker {
   private pushChain: Promise<void> = Promise.resolve();
   private generation = 0;
   private rank = -1;
+  private heartbeats: Heartbeats | null = null;
   private readonly log: Logger;
 
   constructor(private readonly o: WorkerOptions) {
-    this.client = new CoordinatorClient(o.coordinator, o.token, o.credentials);
+    this.client = new CoordinatorClient(o.coordinator, o.token, credentialsFrom(o.tls ?? null));
     this.log = o.log;
   }
 
@@ -241,9 +243,15 @@ export class Worker {
     });
     this.workerId = reg.workerId;
     this.fenced = false;
-    this.setUpJob(reg);
-    this.log.info({ worker: this.workerId, ring: this.advertise }, 'registered');
+    // Heartbeats first: opening the dataset and building the model can take longer than the timeout.
     const hb = this.startHeartbeats(reg.heartbeatIntervalMs);
+    try {
+      this.setUpJob(reg);
+    } catch (e) {
+      await hb.stop();
+      throw e;
+    }
+    this.log.info({ worker: this.workerId, ring: this.advertise }, 'registered');
     const stream = this.client.plans(this.workerId);
     this.pending = null;
     this.streamEnded = false;
@@ -278,7 +286,8 @@ export class Worker {
         if (this.fenced) return 'fenced';
       }
     } finally {
-      clearInterval(hb);
+      this.heartbeats = null;
+      await hb.stop();
       stream.removeAllListeners();
       stream.on('error', () => {});
       stream.cancel();
@@ -328,22 +337,26 @@ export class Worker {
       : null;
   }
 
-  private startHeartbeats(intervalMs: number): NodeJS.Timeout {
-    return setInterval(() => {
-      this.client
-        .heartbeat({ workerId: this.workerId, generation: this.generation, step: this.step })
-        .then((r) => {
-          if (!r.member && !this.fenced) {
-            this.fenced = true;
-            this.streamEnded = true;
-            this.abortGeneration();
-            this.wake?.();
-          }
-        })
-        .catch(() => {
-          // The plan stream reports a lost coordinator; a missed heartbeat alone is not fatal.
-        });
-    }, intervalMs);
+  private startHeartbeats(intervalMs: number): Heartbeats {
+    const hb = new Heartbeats(
+      {
+        address: this.o.coordinator,
+        token: this.o.token,
+        tls: this.o.tls ?? null,
+        workerId: this.workerId,
+        intervalMs,
+      },
+      () => {
+        if (this.fenced) return;
+        this.fenced = true;
+        this.streamEnded = true;
+        this.abortGeneration();
+        this.wake?.();
+      },
+    );
+    hb.update(this.generation, this.step);
+    this.heartbeats = hb;
+    return hb;
   }
 
   private nextPlan(): Promise<pb.Plan | null> {
@@ -426,6 +439,7 @@ export class Worker {
     await this.closeRing();
     this.generation = plan.generation;
     this.rank = plan.rank;
+    this.heartbeats?.update(plan.generation, this.step);
     if (plan.rank < 0) return; // not in this generation's ring: wait for the next plan
     const log = this.log;
     try {
@@ -493,6 +507,7 @@ export class Worker {
       const sent0 = ring.stats().bytesSent;
       const r = await fusedStep(job, shard, (buf) => ring.allReduce(buf));
       this.kept = { step: s, reduced: r.reduced };
+      this.heartbeats?.update(plan.generation, r.step);
       if (!Number.isFinite(r.loss))
         throw new FatalWorkerError(`loss is ${r.loss} at step ${r.step}: training diverged`);
       const bytes = ring.stats().bytesSent - sent0;
