@@ -215,6 +215,17 @@ test('the embedded default job (MNIST U-Net, 2 workers) runs end to end under la
   for (const f of ['coordinator.log', 'worker-0.log', 'worker-1.log'])
     assert.ok(existsSync(path.join(out, 'logs', f)), `logs/${f}`);
   assert.equal(statSync(path.join(out, 'token')).mode & 0o777, 0o600, 'the generated token is private');
+  const report = readFileSync(path.join(out, 'report.html'), 'utf8');
+  assert.equal(
+    (report.match(/<svg/g) ?? []).length,
+    4,
+    'loss, loss per quarter, samples/s, sampling weights',
+  );
+  assert.equal(
+    (report.match(/data:image\/png;base64/g) ?? []).length,
+    2,
+    'the checkpoint grid and the final samples',
+  );
 });
 
 test('mutual TLS for gRPC, CURVE on the ring, and a worker without the dataset reading its shards from the coordinator', async (t) => {

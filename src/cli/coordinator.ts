@@ -18,7 +18,8 @@ import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../telemet
 import { createLogger, type Logger } from '../util/log.js';
 import { UsageError } from './common.js';
 import { credentialsFrom, type TlsPem } from '../worker/heartbeat.js';
-import { writeSamplesFrom } from './train.js';
+import { reportAtEnd, writeSamplesFrom } from './train.js';
+import { HistoryWriter } from '../telemetry/history.js';
 
 export interface CoordinatorCliOptions {
   config?: string;
@@ -98,6 +99,7 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     return 0;
   }
   const metrics = new CoordinatorMetrics(cfg.run.name);
+  const history = new HistoryWriter(cfg.run.out_dir);
   let finished!: () => void;
   const done = new Promise<void>((r) => (finished = r));
   const srv = new CoordinatorServer({
@@ -114,7 +116,18 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     log,
     job: { cfg, state, dataset },
     events: {
-      onReport: (w, r, now) => metrics.onReport(w, { ...r, allreduceBusbwGBps: r.allreduceBusbwGbps }, now),
+      onReport: (w, r, now) => {
+        metrics.onReport(w, { ...r, allreduceBusbwGBps: r.allreduceBusbwGbps }, now);
+        history.add({
+          step: r.step,
+          t: now,
+          loss: r.loss,
+          loss_q: r.lossQuarters,
+          lr: r.lr,
+          grad_norm: r.gradNorm,
+          samples_per_s: server?.samplesPerSecond ?? 0,
+        });
+      },
       onGeneration: (g, n) => metrics.onGeneration(g, n),
       onWorkerDeath: (reason) => metrics.onWorkerDeath(reason),
       onRejected: (m, c) => metrics.onRejected(m, c),
@@ -176,7 +189,10 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
   process.on('SIGTERM', onSignal);
   try {
     await done;
-    if (srv.isFinished) await finalSamples(cfg, state, dataset.shape, log);
+    if (srv.isFinished) {
+      await finalSamples(cfg, state, dataset.shape, log);
+      await reportAtEnd(cfg.run.out_dir, log);
+    }
     log.info({ step: state.checkpointStep }, srv.isFinished ? 'done' : 'stopped');
     return 0;
   } finally {

@@ -137,6 +137,19 @@ export async function main(argv: string[]): Promise<void> {
       await status(o);
     });
 
+  program
+    .command('report <run_dir>')
+    .description(
+      'write <run_dir>/report.html: loss curves, samples/s, samples of each checkpoint, sampling weights',
+    )
+    .addOption(backendOpt())
+    .action(async (dir: string, o: { backend?: string }) => {
+      const { initBackend } = await import('../model/backend/index.js');
+      const { writeReport } = await import('../telemetry/report.js');
+      await initBackend(o.backend, { quiet: true });
+      process.stdout.write(`${await writeReport(dir)}\n`);
+    });
+
   const bench = program.command('bench').description('benchmarks of the product itself');
   bench
     .command('allreduce')

@@ -10,6 +10,8 @@ import { drawSamples } from '../model/sample.js';
 import { DEFAULT_DATASET_MODULE, Prefetcher } from '../data/prefetch.js';
 import { writeSamplesPng } from '../data/image.js';
 import { writeNpyFloat32 } from '../data/npy.js';
+import { HistoryWriter } from '../telemetry/history.js';
+import { writeReport } from '../telemetry/report.js';
 import type { Denoiser } from '../model/model.js';
 import type { Params } from '../model/params.js';
 import type { Schedule } from '../model/schedule.js';
@@ -59,6 +61,16 @@ export async function writeSamplesFrom(
   log.info({ count: n, ms: Date.now() - t0, file: runPath(cfg, 'samples.png') }, 'samples written');
 }
 
+/** Writes the run report; a failure to draw it is logged, never fails the finished job. */
+export async function reportAtEnd(outDir: string, log: Logger): Promise<void> {
+  try {
+    const file = await writeReport(outDir);
+    log.info({ file }, 'report written');
+  } catch (e) {
+    log.warn({ error: (e as Error).message }, 'no run report');
+  }
+}
+
 /** Trains the job described by the options; resolves when the last checkpoint is written. */
 export async function train(opts: TrainOptions): Promise<void> {
   const cfg: Config = loadConfig(opts.config, opts.set ?? []);
@@ -98,6 +110,7 @@ export async function train(opts: TrainOptions): Promise<void> {
   let lastLog = { t: Date.now(), step: job.state.step };
   let lossAvg = NaN;
   const B = cfg.train.global_batch;
+  const history = new HistoryWriter(cfg.run.out_dir);
   const loader = new Prefetcher({
     data: cfg.data,
     seed: cfg.run.seed,
@@ -111,6 +124,15 @@ export async function train(opts: TrainOptions): Promise<void> {
       const r = await trainStep(job, shard);
       lossAvg = Number.isNaN(lossAvg) ? r.loss : 0.95 * lossAvg + 0.05 * r.loss;
       const now = Date.now();
+      history.add({
+        step: r.step,
+        t: now,
+        loss: r.loss,
+        loss_q: r.lossQuarters,
+        lr: r.lr,
+        grad_norm: r.gradNorm,
+        samples_per_s: (B * 1000) / Math.max(r.ms + loader.lastWaitMs, 1e-3),
+      });
       if (bar) {
         const sps = (cfg.train.global_batch * 1000) / Math.max(r.ms, 1e-3);
         bar.update(r.step, { loss: lossAvg.toFixed(4), sps: sps.toFixed(1) });
@@ -141,6 +163,7 @@ export async function train(opts: TrainOptions): Promise<void> {
     const c = await saveCheckpoint(job);
     log.info({ step: job.state.step, ...c }, 'checkpoint written');
     if (!stopping) await writeFinalSamples(job, log);
+    await reportAtEnd(cfg.run.out_dir, log);
     log.info({ step: job.state.step }, stopping ? 'stopped' : 'done');
     if (tty) {
       const pic = stopping || cfg.sample.count === 0 ? '' : `, samples in ${runPath(cfg, 'samples.png')}`;

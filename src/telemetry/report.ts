@@ -1,0 +1,245 @@
+/**
+ * The run report: one self-contained HTML page (`<out_dir>/report.html`) with the loss curves,
+ * samples/s, a sample grid drawn from the EMA of each checkpoint, the end-of-run samples and the
+ * final timestep-sampling weights. Charts are inline SVG, pictures are embedded PNGs, so the page
+ * can be mailed or archived on its own.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { validateConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { encodeGrid, encodeScatter } from '../data/image.js';
+import { listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
+import { createDenoiser } from '../model/factory.js';
+import { disposeParams, paramsFromHost } from '../model/params.js';
+import { drawSamples } from '../model/sample.js';
+import { scheduleFor } from '../model/schedule.js';
+import { createSampler, type SamplerState } from '../model/timesteps.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { readHistory, type HistoryEntry } from './history.js';
+
+export interface Series {
+  name: string;
+  color: string;
+  points: Array<[number, number]>;
+}
+
+const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** An SVG line chart (x linear; y linear or log10), with axes, ticks and a legend. */
+export function lineChart(
+  series: Series[],
+  o: { title: string; xLabel: string; yLabel: string; logY?: boolean; width?: number; height?: number },
+): string {
+  const W = o.width ?? 640;
+  const H = o.height ?? 300;
+  const m = { l: 60, r: 16, t: 28, b: 40 };
+  const fy = (y: number) => (o.logY ? Math.log10(y) : y);
+  const pts = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(fy(y)));
+  if (pts.length === 0) return `<p><em>${esc(o.title)}: no data</em></p>`;
+  const xs = pts.map(([x]) => x);
+  const ys = pts.map(([, y]) => fy(y));
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
+  const px = (x: number) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
+  const py = (y: number) => H - m.b - ((fy(y) - y0) / (y1 - y0)) * (H - m.t - m.b);
+  const ticks = (a: number, b: number, n: number) =>
+    Array.from({ length: n + 1 }, (_, i) => a + ((b - a) * i) / n);
+  const fmt = (v: number) =>
+    Math.abs(v) >= 1000 || (Math.abs(v) < 0.01 && v !== 0) ? v.toExponential(1) : v.toPrecision(3);
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
+    `<text x="${W / 2}" y="16" text-anchor="middle" font-size="13">${esc(o.title)}</text>`,
+    `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="#444"/>`,
+    `<line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${H - m.b}" stroke="#444"/>`,
+  ];
+  for (const x of ticks(x0, x1, 5)) {
+    parts.push(
+      `<text x="${px(x)}" y="${H - m.b + 14}" text-anchor="middle">${fmt(Math.round(x))}</text>`,
+      `<line x1="${px(x)}" y1="${m.t}" x2="${px(x)}" y2="${H - m.b}" stroke="#eee"/>`,
+    );
+  }
+  for (const yv of ticks(y0, y1, 4)) {
+    const y = o.logY ? 10 ** yv : yv;
+    parts.push(
+      `<text x="${m.l - 4}" y="${py(y) + 4}" text-anchor="end">${fmt(y)}</text>`,
+      `<line x1="${m.l}" y1="${py(y)}" x2="${W - m.r}" y2="${py(y)}" stroke="#eee"/>`,
+    );
+  }
+  parts.push(
+    `<text x="${W / 2}" y="${H - 6}" text-anchor="middle">${esc(o.xLabel)}</text>`,
+    `<text transform="translate(14 ${H / 2}) rotate(-90)" text-anchor="middle">${esc(o.yLabel)}</text>`,
+  );
+  series.forEach((s, i) => {
+    const d = s.points
+      .filter(([, y]) => Number.isFinite(fy(y)))
+      .map(([x, y], k) => `${k === 0 ? 'M' : 'L'}${px(x).toFixed(1)},${py(y).toFixed(1)}`)
+      .join('');
+    parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.3"/>`);
+    parts.push(
+      `<rect x="${m.l + 10}" y="${m.t + 4 + 14 * i}" width="10" height="3" fill="${s.color}"/>`,
+      `<text x="${m.l + 24}" y="${m.t + 9 + 14 * i}">${esc(s.name)}</text>`,
+    );
+  });
+  parts.push('</svg>');
+  return parts.join('');
+}
+
+/** An SVG bar chart of p(t), t = 0…T−1, averaged into at most `bars` bars. */
+export function weightsChart(p: ArrayLike<number>, bars = 50): string {
+  const T = p.length;
+  const n = Math.min(bars, T);
+  const vals = Array.from({ length: n }, (_, b) => {
+    const from = Math.floor((b * T) / n);
+    const to = Math.floor(((b + 1) * T) / n);
+    let s = 0;
+    for (let t = from; t < to; t++) s += p[t] as number;
+    return (s / (to - from)) * T; // relative to uniform (1 = uniform)
+  });
+  const pts: Array<[number, number]> = vals.map((v, b) => [Math.floor(((b + 0.5) * T) / n), v]);
+  return lineChart([{ name: 'p(t) · T (1 = uniform)', color: '#c0392b', points: pts }], {
+    title: 'Timestep-sampling weights at the end of the run',
+    xLabel: 'timestep t',
+    yLabel: 'relative weight',
+  });
+}
+
+const pngTag = (buf: Buffer, alt: string) =>
+  `<img alt="${esc(alt)}" src="data:image/png;base64,${buf.toString('base64')}" style="image-rendering:pixelated;max-width:100%"/>`;
+
+/** Smoothed copy of a series (EMA with the given weight of the past). */
+function smooth(points: Array<[number, number]>, w = 0.9): Array<[number, number]> {
+  let acc = NaN;
+  return points.map(([x, y]) => {
+    acc = Number.isNaN(acc) ? y : w * acc + (1 - w) * y;
+    return [x, acc];
+  });
+}
+
+/** A grid of samples from a checkpoint's EMA (cheap: few samples, few DDIM steps). */
+async function checkpointGrid(dir: string, cfg: Config): Promise<Buffer> {
+  const ckpt = await loadCheckpoint(dir);
+  const shape = ckpt.state.data_shape as number[];
+  const model = createDenoiser(cfg.model, shape);
+  const ema = paramsFromHost(ckpt.ema);
+  try {
+    const K = model.numClasses;
+    const count = K > 0 ? 2 * K : 16;
+    const data = drawSamples(model, ema, scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps), {
+      count: shape.length === 3 ? count : 512,
+      sampler: 'ddim',
+      steps: Math.min(25, cfg.diffusion.timesteps),
+      eta: 1,
+      guidance: K > 0 ? cfg.sample.guidance : 0,
+      classLabel: null,
+      seed: cfg.run.seed,
+      sigma: cfg.diffusion.sigma,
+      clip: shape.length === 3 && cfg.diffusion.clip_denoised,
+      chunk: 256,
+    });
+    return shape.length === 3
+      ? encodeGrid(data, [count, ...shape], K > 0 ? K : 8)
+      : encodeScatter(data, 4, 256);
+  } finally {
+    disposeParams(ema);
+  }
+}
+
+/** Writes `<outDir>/report.html`; returns its path. */
+export async function writeReport(outDir: string): Promise<string> {
+  const ckpts = await listCheckpoints(outDir);
+  const newest = ckpts.at(-1);
+  if (!newest) throw new Error(`${outDir}: no checkpoint to report on`);
+  const last = await loadCheckpoint(newest.dir);
+  const cfg = validateConfig(last.state.config, `${newest.dir}/state.json config`);
+  const hist: HistoryEntry[] = readHistory(outDir);
+  const at = (f: (e: HistoryEntry) => number): Array<[number, number]> => hist.map((e) => [e.step, f(e)]);
+  const lossPts = at((e) => e.loss);
+  const colors = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728'];
+  const sections: string[] = [];
+  sections.push(
+    lineChart(
+      [
+        { name: 'loss', color: '#9ecae1', points: lossPts },
+        { name: 'loss (smoothed)', color: '#08519c', points: smooth(lossPts) },
+      ],
+      { title: 'Training loss', xLabel: 'step', yLabel: 'loss', logY: true },
+    ),
+    lineChart(
+      [0, 1, 2, 3].map((q) => ({
+        name: `t in quarter ${q}`,
+        color: colors[q] as string,
+        points: smooth(at((e) => e.loss_q[q] ?? NaN).filter(([, y]) => y !== null && Number.isFinite(y))),
+      })),
+      { title: 'Loss per timestep quarter (smoothed)', xLabel: 'step', yLabel: 'loss', logY: true },
+    ),
+    lineChart(
+      [
+        {
+          name: 'samples/s',
+          color: '#2ca02c',
+          points: smooth(
+            at((e) => e.samples_per_s),
+            0.8,
+          ),
+        },
+      ],
+      {
+        title: 'Throughput',
+        xLabel: 'step',
+        yLabel: 'samples/s',
+      },
+    ),
+  );
+  const grids: string[] = [];
+  for (const c of ckpts) {
+    try {
+      grids.push(
+        `<figure>${pngTag(await checkpointGrid(c.dir, cfg), `samples at step ${c.step}`)}<figcaption>step ${c.step}</figcaption></figure>`,
+      );
+    } catch (e) {
+      grids.push(`<figure><figcaption>step ${c.step}: ${esc((e as Error).message)}</figcaption></figure>`);
+    }
+  }
+  const finalPng = path.join(outDir, 'samples.png');
+  const d = cfg.diffusion;
+  let weights = '';
+  try {
+    const s = createSampler(
+      d.timestep_sampler,
+      d.timesteps,
+      { historyPerTerm: d.history_per_term, uniformProb: d.uniform_prob },
+      last.state.sampler as SamplerState | undefined,
+    );
+    weights = weightsChart(s.probs());
+  } catch (e) {
+    weights = `<p>${esc((e as Error).message)}</p>`;
+  }
+  const first = hist[0];
+  const end = hist.at(-1);
+  const hours = first && end ? (end.t - first.t) / 3.6e6 : NaN;
+  const html = `<!doctype html>
+<html><head><meta charset="utf-8"><title>ringdiff report: ${esc(cfg.run.name)}</title>
+<style>body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}figure{display:inline-block;margin:.5em;text-align:center}
+.charts svg{margin:.5em;border:1px solid #ddd}table{border-collapse:collapse}td{padding:2px 8px;border-bottom:1px solid #eee}</style></head>
+<body><h1>${esc(cfg.run.name)}</h1>
+<table>
+<tr><td>dataset</td><td>${esc(cfg.data.dataset)} (${cfg.data.image_size}px)</td></tr>
+<tr><td>model</td><td>${esc(cfg.model.kind)} ${cfg.model.kind === 'unet' ? esc(JSON.stringify(cfg.model.channels)) : `hidden ${cfg.model.hidden}`}, classes ${cfg.model.num_classes}</td></tr>
+<tr><td>steps</td><td>${last.step} of ${cfg.train.steps}, global batch ${cfg.train.global_batch}</td></tr>
+<tr><td>final loss</td><td>${end ? end.loss.toPrecision(4) : '–'}</td></tr>
+<tr><td>wall time in history</td><td>${Number.isFinite(hours) ? `${(hours * 60).toFixed(1)} min` : '–'}</td></tr>
+</table>
+<h2>Curves</h2><div class="charts">${sections.join('\n')}</div>
+<h2>Samples from the EMA of each checkpoint</h2><p>DDIM, 25 steps, η = 1${cfg.model.num_classes > 0 ? `, guidance w = ${cfg.sample.guidance}, column k = class k` : ''}.</p>
+${grids.join('\n')}
+${existsSync(finalPng) ? `<h2>End-of-run samples</h2>${pngTag(readFileSync(finalPng), 'end-of-run samples')}` : ''}
+<h2>Timestep sampling</h2><div class="charts">${weights}</div>
+</body></html>
+`;
+  const file = path.join(outDir, 'report.html');
+  await writeFileAtomic(file, Buffer.from(html, 'utf8'));
+  return file;
+}
