@@ -39,7 +39,8 @@ export function lineChart(
   if (pts.length === 0) return `<p><em>${esc(o.title)}: no data</em></p>`;
   const xs = pts.map(([x]) => x);
   const ys = pts.map(([, y]) => fy(y));
-  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const x0 = Math.min(...xs);
+  let x1 = Math.max(...xs);
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
