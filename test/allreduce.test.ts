@@ -24,7 +24,8 @@ import { bitsToHalf, halfTable, toHalf, encodeF16, decodeF16 } from '../src/allr
 import { Ring, pickAddress, z85Encode, type RingOptions } from '../src/allreduce/ring.js';
 import { RingConfigError } from '../src/allreduce/errors.js';
 import { parseSizes } from '../src/allreduce/bench.js';
-import { kernels, resetKernels, setKernels } from '../src/allreduce/reduce.js';
+import { jsKernels, kernels, resetKernels, setKernels, type RingKernels } from '../src/allreduce/reduce.js';
+import { loadNativeKernels } from '../src/allreduce/native.js';
 
 const PEER = fileURLToPath(new URL('./fixtures/ring-peer.js', import.meta.url));
 const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-ring-'));
@@ -77,11 +78,11 @@ after(() => {
   for (const p of allPeers) p.proc.kill('SIGKILL');
 });
 
-async function startPeers(n: number): Promise<Peer[]> {
+async function startPeers(n: number, env: NodeJS.ProcessEnv = {}): Promise<Peer[]> {
   const peers = await Promise.all(
     Array.from({ length: n }, () => {
       const proc = fork(PEER, [], {
-        env: { ...process.env, RINGDIFF_RING_PEER: '1' },
+        env: { ...process.env, RINGDIFF_RING_PEER: '1', ...env },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
       const peer = new Peer(proc);
@@ -292,6 +293,172 @@ describe('helpers', () => {
   });
 });
 
+// ---------------------------------------------------------------------------------------------
+// Native kernels (native/src/ring.cc) against the JavaScript ones: identical bits
+
+/** Deterministic float32 bits: mixed magnitudes plus the special values (±0, subnormals, ±Inf,
+ * NaNs with payloads, fp16 rounding ties and overflow edges). */
+function specialFloats(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  const u = new Uint32Array(a.buffer);
+  const special = [
+    0x00000000, 0x80000000, 0x00000001, 0x807fffff, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000,
+    0x7f800001, 0x7fc12345, 0x477fe000, 0x477ff000, 0x477fefff, 0xc77ff000, 0x33000000, 0x33000001,
+    0x38800000, 0x387fffff, 0x38801000, 0x3f801000, 0x3f803000, 0x3f800fff, 0x3f801001, 0x4b7fffff,
+  ];
+  let x = (seed * 0x9e3779b1) >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    const pick = x % 16;
+    if (pick === 0) u[i] = special[(x >>> 4) % special.length] as number;
+    else if (pick === 1)
+      u[i] = x; // any bit pattern (NaNs, Infs, subnormals included)
+    else a[i] = ((x >>> 8) / 16777216 - 0.5) * 2 ** ((x & 31) - 16);
+  }
+  return a;
+}
+
+/**
+ * Identical bits, element by element — except that any NaN matches any NaN: when both operands of
+ * an addition are NaNs, which one propagates is up to the machine code (V8's own tiers included).
+ */
+function sameBits(a: ArrayBufferView, b: ArrayBufferView, what: string): void {
+  assert.equal(a.constructor, b.constructor, `${what}: types differ`);
+  const half = a instanceof Uint16Array;
+  const x = half ? (a as Uint16Array) : new Uint32Array(a.buffer, a.byteOffset, a.byteLength / 4);
+  const y = half ? (b as Uint16Array) : new Uint32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  assert.equal(x.length, y.length, `${what}: lengths differ`);
+  const isNaN = half
+    ? (v: number) => (v & 0x7c00) === 0x7c00 && (v & 0x3ff) !== 0
+    : (v: number) => (v & 0x7f800000) === 0x7f800000 && (v & 0x7fffff) !== 0;
+  for (let i = 0; i < x.length; i++) {
+    const p = x[i] as number;
+    const q = y[i] as number;
+    if (p !== q && !(isNaN(p) && isNaN(q)))
+      assert.fail(`${what}: first difference at element ${i} (0x${p.toString(16)} vs 0x${q.toString(16)})`);
+  }
+}
+
+describe('native ring kernels', () => {
+  const native = loadNativeKernels();
+  const skip = native.kernels ? false : `native addon unavailable: ${native.status.reason}`;
+  // Lengths around the SIMD widths (8, 16, 32 lanes) and the scalar tails.
+  const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 100, 1000, 4099];
+
+  /** Runs `f` on the JS and the native set with copies of the same inputs; compares every output. */
+  function both(
+    name: string,
+    make: (n: number, seed: number) => ArrayBufferView[],
+    f: (k: RingKernels, args: ArrayBufferView[]) => void,
+  ): void {
+    const js = jsKernels();
+    const nk = native.kernels as RingKernels;
+    for (const n of lengths) {
+      for (const seed of [1, 2, 3]) {
+        const a = make(n, seed);
+        const b = a.map((v) => (v instanceof Float32Array ? v.slice() : (v as Uint16Array).slice()));
+        f(js, a);
+        f(nk, b);
+        a.forEach((v, i) => sameBits(v, b[i] as ArrayBufferView, `${name} n=${n} seed=${seed} arg ${i}`));
+      }
+    }
+  }
+
+  const halves = (n: number, seed: number) => {
+    const h = new Uint16Array(n);
+    encodeF16(specialFloats(n, seed + 100), h);
+    // Some raw patterns too (fp16 NaNs with payloads, subnormals).
+    for (let i = 0; i < n; i += 5) h[i] = (Math.imul(i + 1, 0x9e37 + seed) >>> 3) & 0xffff;
+    return h;
+  };
+
+  test('add, add3, addDiv and scale give the bits of the JS kernels', { skip }, () => {
+    both(
+      'add',
+      (n, s) => [specialFloats(n, s), specialFloats(n, s + 7)],
+      (k, [d, x]) => k.add(d as Float32Array, x as Float32Array),
+    );
+    both(
+      'add3',
+      (n, s) => [new Float32Array(n), specialFloats(n, s), specialFloats(n, s + 7)],
+      (k, [o, x, y]) => k.add3(o as Float32Array, x as Float32Array, y as Float32Array),
+    );
+    for (const divisor of [1, 2, 3, 7, 64])
+      both(
+        `addDiv/${divisor}`,
+        (n, s) => [specialFloats(n, s), specialFloats(n, s + 7)],
+        (k, [d, x]) => k.addDiv(d as Float32Array, x as Float32Array, divisor),
+      );
+    for (const divisor of [1, 3, 6])
+      both(
+        `scale/${divisor}`,
+        (n, s) => [specialFloats(n, s)],
+        (k, [x]) => k.scale(x as Float32Array, divisor),
+      );
+  });
+
+  test('fp16 conversions and fused adds give the bits of the JS kernels', { skip }, () => {
+    both(
+      'toHalf',
+      (n, s) => [specialFloats(n, s), new Uint16Array(n)],
+      (k, [x, h]) => k.toHalf(x as Float32Array, h as Uint16Array),
+    );
+    both(
+      'fromHalf',
+      (n, s) => [halves(n, s), new Float32Array(n)],
+      (k, [h, x]) => k.fromHalf(h as Uint16Array, x as Float32Array),
+    );
+    both(
+      'addHalf',
+      (n, s) => [halves(n, s), specialFloats(n, s)],
+      (k, [h, x]) => k.addHalf(h as Uint16Array, x as Float32Array),
+    );
+    both(
+      'addHalfTo',
+      (n, s) => [new Uint16Array(n), halves(n, s), specialFloats(n, s)],
+      (k, [o, h, x]) => k.addHalfTo(o as Uint16Array, h as Uint16Array, x as Float32Array),
+    );
+    for (const divisor of [1, 3, 4])
+      both(
+        `addHalfFinal/${divisor}`,
+        (n, s) => [halves(n, s), specialFloats(n, s)],
+        (k, [h, x]) => k.addHalfFinal(h as Uint16Array, x as Float32Array, divisor),
+      );
+    // Every fp16 pattern decodes alike.
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const x1 = new Float32Array(65536);
+    const x2 = new Float32Array(65536);
+    jsKernels().fromHalf(all, x1);
+    (native.kernels as RingKernels).fromHalf(all, x2);
+    sameBits(x1, x2, 'fromHalf over all 65536 patterns');
+  });
+
+  test('bad arguments throw instead of touching memory', { skip }, () => {
+    const nk = native.kernels as RingKernels;
+    assert.throws(() => nk.add(new Float32Array(4), new Float32Array(3)), RangeError);
+    assert.throws(() => nk.add3(new Float32Array(4), new Float32Array(4), new Float32Array(2)), RangeError);
+    assert.throws(() => nk.toHalf(new Float32Array(4), new Uint16Array(3)), RangeError);
+    assert.throws(() => nk.addDiv(new Float32Array(1), new Float32Array(1), 0.5), RangeError);
+    assert.throws(
+      () => nk.add(new Float64Array(1) as unknown as Float32Array, new Float32Array(1)),
+      TypeError,
+    );
+  });
+
+  test('release detaches a whole buffer and nothing else', { skip }, () => {
+    const release = (native.kernels as RingKernels).release as (b: Uint8Array) => boolean;
+    const whole = Buffer.from(new ArrayBuffer(4096));
+    assert.equal(release(whole.subarray(8)), false);
+    assert.equal(whole.buffer.byteLength, 4096);
+    assert.equal(release(whole), true);
+    assert.equal(whole.buffer.byteLength, 0);
+    assert.equal(release(Buffer.alloc(0)), false);
+  });
+});
+
 describe('ring in one process', () => {
   test('N = 1: every collective is local', async () => {
     const ring = await Ring.open({
@@ -390,6 +557,28 @@ describe('all-reduce across processes', { timeout: 600_000 }, () => {
       }
     }
     await stopPeers(peers);
+  });
+
+  test('native and JS kernels: the same bits through the whole ring (f32 and fp16)', async (t) => {
+    if (!loadNativeKernels().kernels) return t.skip('native addon unavailable');
+    const hashes: Record<string, number[]> = {};
+    for (const kind of ['js', 'native']) {
+      const peers = await startPeers(4, { RINGDIFF_RING_KERNELS: kind === 'js' ? 'js' : 'native' });
+      for (const compression of ['none', 'fp16'] as const) {
+        await openRing(peers, ipcAddrs(4), { compression, chunkBytes: 4100 });
+        for (const [length, op] of [
+          [3, 'sum'],
+          [1009, 'mean'],
+          [300_007, 'sum'],
+          [300_007, 'mean'],
+        ] as const)
+          (hashes[`${compression} ${length} ${op}`] ??= []).push(await allReduceAll(peers, length, op, 5));
+        await Promise.all(peers.map((p) => p.ok('close')));
+      }
+      await stopPeers(peers);
+    }
+    for (const [k, [js, nat]] of Object.entries(hashes))
+      assert.equal(js, nat, `JS and native rings differ: ${k}`);
   });
 
   test('broadcast and variable-length all-gather', async () => {

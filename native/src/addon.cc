@@ -8,6 +8,7 @@
 
 #include "elementwise.h"
 #include "kernels.h"
+#include "ring.h"
 
 extern "C" {
 int openblas_get_num_threads(void);
@@ -352,6 +353,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pad", Napi::Function::New(env, Pad));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("info", Napi::Function::New(env, Info));
+  rd::ring::exportRing(env, exports);
   return exports;
 }
 

@@ -82,6 +82,17 @@ export function addIntoHalf(half: Uint16Array, local: Float32Array): void {
   }
 }
 
+/** Like {@link addIntoHalf}, into another array: out[i] = fp16(float32(half[i]) + local[i]). */
+export function addIntoHalfTo(out: Uint16Array, half: Uint16Array, local: Float32Array): void {
+  const t = halfTable();
+  const n = out.length;
+  if (half.length < n || local.length < n) throw new RangeError('addIntoHalfTo: source too short');
+  for (let i = 0; i < n; i++) {
+    f32[0] = (t[half[i] as number] as number) + (local[i] as number);
+    out[i] = bitsToHalf(u32[0] as number);
+  }
+}
+
 /**
  * Last reduce-scatter hop in fp16: s = (float32(half[i]) + local[i]) / divisor, then
  * half[i] = fp16(s) and local[i] = float32(half[i]) — the owner keeps exactly what it sends, so

@@ -7,7 +7,7 @@
  *    (loaded at run time with protobufjs): job id, generation, collective sequence number `seq`,
  *    ring `step`, `phase`, `chunk` index, `sender` rank, payload `encoding` and element `count`,
  *    the collective's `length` in elements, the number of `chunks` in this segment, and the
- *    broadcast `root`;
+ *    broadcast `root` (in an all-reduce's DONE tokens: the rank that issued the token, see ring.ts);
  * 2. the payload: `count` little-endian float32 (`F32`), IEEE binary16 (`F16`) values or bytes
  *    (`BYTES`); for `ABORT` a UTF-8 reason; empty for `DONE`.
  *

@@ -15,36 +15,51 @@
  * The buffer of L elements is cut into N segments (segment k = [⌊kL/N⌋, ⌊(k+1)L/N⌋)) and each
  * segment into chunks of `chunkBytes / 4` elements (at least one chunk per segment, possibly
  * empty). 2(N−1) steps each move one segment per link: reduce-scatter steps s = 0…N−2 (rank r
- * sends segment r−s, receives r−s−1 and adds its own contribution *into the received frame*,
- * which it then forwards unchanged — no copy; at the last one it adds the received frame into its
- * own buffer, which then holds the final value of that segment), then all-gather steps (rank r
- * starts with segment r+1, which it owns, and copies every segment it receives into its buffer
- * and forwards the same frame). Every chunk is forwarded as soon as it is processed, so sending,
- * receiving and adding overlap along the whole ring. A DONE frame to the successor ends the
- * call. The sum of segment k is always formed in the order ((x_k + x_{k+1}) + x_{k+2}) + …
- * (indices mod N; the chunk size does not matter), so within a generation (same ranks, same
- * order) results are bit-reproducible and bit-identical on every rank. `mean` divides the float32
- * sum by N once, at the owner, before the all-gather.
+ * sends segment r−s, receives r−s−1 and adds its own contribution to the received partial sum,
+ * which it then sends on; at the last one it adds the received frame into its own buffer, which
+ * then holds the final value of that segment), then all-gather steps (rank r starts with segment
+ * r+1, which it owns, and copies every segment it receives into its buffer and sends it on from
+ * there). Every chunk is sent on as soon as it is processed, so sending, receiving and adding
+ * overlap along the whole ring. The call ends with DONE tokens (see below). The sum of segment k
+ * is always formed in the order ((x_k + x_{k+1}) + x_{k+2}) + … (indices mod N; the chunk size
+ * does not matter), so within a generation (same ranks, same order) results are bit-reproducible
+ * and bit-identical on every rank. `mean` divides the float32 sum by N once, at the owner, before
+ * the all-gather.
  *
  * With `compression: 'fp16'` the payloads are IEEE binary16: each hop adds in float32 and rounds
  * the partial sum to fp16 for the wire; the owner keeps the fp16-rounded final value, so every
  * rank still ends with identical bits.
  *
+ * ## Kernels
+ * The element loops are `kernels` of reduce.ts: the native SIMD ones of native.ts (installed when
+ * this module loads, if the addon is built and RINGDIFF_RING_KERNELS is not 'js') or the pure-JS
+ * ones; both give the same bits, and ranks with either kind can share a ring.
+ *
  * ## Buffers and copies
  * Frames are sent zero-copy: ZeroMQ references the memory until its I/O thread has written it.
- * Two kinds of frames are sent from the caller's buffer: the rank's own segment (reduce-scatter
- * step 0) and the segment it owns (all-gather step 0); every other send forwards a received frame.
- * `allReduce` resolves only after the predecessor's DONE, which the predecessor sends once it
- * holds the whole result — by then the successor has consumed both kinds (the final value of
- * every segment passed through it), so no send of the caller's memory is pending and the caller
- * may reuse the buffer at once. Per rank and call, the data is touched by: one float32 add of
- * (N−1)/N of it (into received frames, or into the caller's buffer at the last step) and one copy
- * of (N−1)/N of it (all-gather, received frame → caller's buffer), besides ZeroMQ's own copies
- * into and out of the kernel.
+ * All-reduce frames are sent from the caller's buffer (the rank's own segment at reduce-scatter
+ * step 0, the final values from the owner's last reduce-scatter step on) or, for partial sums,
+ * from the received frame itself (pure-JS kernels) or from the ring's scratch buffer (native
+ * kernels, below). So that no send of that memory is pending when `allReduce` resolves, every rank
+ * that has processed all its data frames sends a DONE token carrying its rank, and passes on the
+ * others' tokens until its successor's has come back round (N−1 tokens per rank and call, in a
+ * fixed order on every link: the sender's data, its own token, then the ones it passes on); the
+ * successor's token proves it has consumed everything this rank sent, so the caller may reuse its
+ * buffer at once, and the scratch buffer may be overwritten by the next call.
  *
- * ZeroMQ allocates every received frame with malloc: processes that run a ring should be started
- * with `RING_MALLOC_ENV` (bench.ts) in their environment, or glibc may hand out fresh pages (and
- * page faults) for every frame.
+ * ZeroMQ allocates every received frame with malloc, and zeromq.js hands it to JavaScript as an
+ * external buffer that only a garbage collection would free — while the external memory it
+ * reports makes V8 run a full collection every few tens of megabytes received. The native kernels
+ * include `release`, which frees a frame as soon as it has been read; since a frame that is sent
+ * on cannot be freed yet, with them partial sums are written into a scratch buffer owned by the
+ * ring (as large as the largest buffer reduced; allocated on first use, N > 2 or fp16 only) and
+ * sent from there, so no received frame is ever sent on. Per rank and call, the data is touched
+ * by: one float32 add of (N−1)/N of it (received frame + caller's buffer → scratch or received
+ * frame, or into the caller's buffer at the last step) and one copy of (N−1)/N of it (all-gather,
+ * received frame → caller's buffer), besides ZeroMQ's own copies into and out of the kernel.
+ *
+ * Processes that run a ring should be started with `RING_MALLOC_ENV` (bench.ts) in their
+ * environment, or glibc may hand out fresh pages (and page faults) for every frame.
  *
  * ## Failure semantics
  * Every call rejects with a `RingError` (see `errors.ts`): `RingTimeoutError` when no frame
@@ -72,7 +87,14 @@ import {
   RingTimeoutError,
 } from './errors.js';
 import { Encoding, Phase, decodeMessage, encodeHeader, type Frame, type FrameHeader } from './frame.js';
+import { installNativeKernels, type NativeKernelsStatus } from './native.js';
 import { kernels } from './reduce.js';
+
+/**
+ * The native (SIMD) kernels, installed when this module is loaded if the addon is built and
+ * RINGDIFF_RING_KERNELS is not 'js' (see native.ts); `ok` false: the pure-JS kernels run.
+ */
+export const ringKernelStatus: NativeKernelsStatus = installNativeKernels();
 
 export type ReduceOp = 'sum' | 'mean';
 
@@ -385,6 +407,7 @@ export class Ring {
   private lastProgress = 0;
   private timer: NodeJS.Timeout | undefined;
   private recvDone: Promise<void> = Promise.resolve();
+  private scratchBuf: Float32Array | null = null;
 
   private constructor(o: RingOptions) {
     const intIn = (name: string, v: unknown, lo: number, hi: number) => {
@@ -881,6 +904,17 @@ export class Ring {
     });
   }
 
+  /**
+   * @internal The ring's scratch buffer (at least `length` float32; reused by every call): the
+   * partial sums this rank sends on when it frees received frames (see AllReduceOp). It may be
+   * overwritten in the next call: a call ends only once the successor has consumed every frame
+   * this rank sent during it.
+   */
+  scratch(length: number): Float32Array {
+    if (!this.scratchBuf || this.scratchBuf.length < length) this.scratchBuf = new Float32Array(length);
+    return this.scratchBuf;
+  }
+
   /** @internal Header of a frame of this ring. */
   header(
     seq: number,
@@ -982,9 +1016,16 @@ class AllReduceOp extends SettledOp {
   private readonly n: number;
   private readonly layout: Layout;
   private readonly enc: Encoding;
+  /** Data steps: 2(N−1). Steps `steps` … `steps + N − 2` receive the DONE tokens. */
   private readonly steps: number;
   private step = 0;
   private chunk = 0;
+  /**
+   * Whether received frames are freed as soon as they are read (`kernels.release`; fixed for the
+   * call). Every frame is then read exactly once and never sent on: partial sums (and, with fp16,
+   * the half-precision frames passed on) go out from the ring's scratch buffer instead.
+   */
+  private readonly releases = kernels.release !== undefined;
 
   constructor(
     ring: Ring,
@@ -1001,7 +1042,9 @@ class AllReduceOp extends SettledOp {
   }
 
   waitingFor(): string {
-    return this.step === this.steps ? `DONE` : `step ${this.step} chunk ${this.chunk}`;
+    return this.step >= this.steps
+      ? `DONE of rank ${this.doneOrigin(this.step - this.steps)}`
+      : `step ${this.step} chunk ${this.chunk}`;
   }
 
   /** Segment received at step s. */
@@ -1012,6 +1055,21 @@ class AllReduceOp extends SettledOp {
 
   private phaseOf(s: number): Phase {
     return s < this.n - 1 ? Phase.REDUCE_SCATTER : Phase.ALL_GATHER;
+  }
+
+  /** Rank whose DONE token this rank receives j-th: its predecessor's first, its successor's last. */
+  private doneOrigin(j: number): number {
+    return mod(this.ring.rank - 1 - j, this.n);
+  }
+
+  private doneHeader(step: number, origin: number): FrameHeader {
+    return this.ring.header(this.seq, Phase.DONE, step, 0, this.enc, 0, this.buf.length, 1, origin);
+  }
+
+  /** Elements [lo, hi) of the scratch buffer as fp16 (its first half, same indices as `buf`). */
+  private scratchHalf(lo: number, hi: number): Uint16Array {
+    const s = this.ring.scratch(this.buf.length);
+    return new Uint16Array(s.buffer, s.byteOffset + lo * 2, hi - lo);
   }
 
   start(): void {
@@ -1029,8 +1087,9 @@ class AllReduceOp extends SettledOp {
       let payload: Buffer;
       if (this.enc === Encoding.F32) payload = bytesOf(local);
       else {
-        payload = Buffer.allocUnsafe((hi - lo) * 2);
-        kernels.toHalf(local, u16View(payload));
+        const half = this.releases ? this.scratchHalf(lo, hi) : new Uint16Array(hi - lo);
+        kernels.toHalf(local, half);
+        payload = bytesOf(half);
       }
       this.ring.send(
         this.ring.header(this.seq, Phase.REDUCE_SCATTER, 0, c, this.enc, hi - lo, this.buf.length, nc),
@@ -1042,9 +1101,14 @@ class AllReduceOp extends SettledOp {
   handle(f: Frame): void {
     const s = this.step;
     const h = f.header;
-    if (s === this.steps) {
-      // The predecessor's DONE: it holds the whole result, so the successor has consumed every
-      // frame this rank sent from the caller's buffer (see sendsFromCaller below).
+    if (s >= this.steps) {
+      // DONE tokens. Every rank sends its own once it has processed all its data frames, and
+      // passes on the others' until the successor's comes back round: then the successor has
+      // consumed every frame this rank sent during the call, so none is still read from the
+      // caller's buffer or the scratch buffer, and the caller may reuse its buffer at once.
+      // On each link the order is fixed: the sender's data, its DONE, then the ones it passes on.
+      const j = s - this.steps;
+      const origin = this.doneOrigin(j);
       expectFrame('allReduce', h, {
         phase: Phase.DONE,
         step: s,
@@ -1053,8 +1117,14 @@ class AllReduceOp extends SettledOp {
         count: 0,
         length: this.buf.length,
         chunks: 1,
+        root: origin,
       });
-      this.ring.finish(this);
+      if (j === this.n - 2) {
+        this.ring.finish(this);
+        return;
+      }
+      this.ring.send(this.doneHeader(s + 1, origin), Buffer.alloc(0));
+      this.step = s + 1;
       return;
     }
     const c = this.chunk;
@@ -1072,43 +1142,62 @@ class AllReduceOp extends SettledOp {
     });
     const local = this.buf.subarray(lo, hi);
     const last = this.n - 2; // last reduce-scatter step
-    let payload: Buffer = f.payload;
+    const forward = s + 1 < this.steps; // the next step sends exactly the segment just received
+    let payload: Buffer;
     if (this.enc === Encoding.F32) {
       const v = f32View(f.payload);
       if (s < last) {
-        // A partial sum: add this rank's contribution into the received frame and pass it on.
-        kernels.add(v, local);
-        if (v.buffer !== f.payload.buffer) payload = bytesOf(v);
-      } else if (s === last) {
-        // This rank owns segment k: the final value goes straight into the caller's buffer and is
-        // sent from there (zero-copy; safe because the call waits for the predecessor's DONE).
-        kernels.addDiv(local, v, this.divisor);
+        // A partial sum: this rank's contribution added to the received one, passed on.
+        if (this.releases) {
+          const out = this.ring.scratch(this.buf.length).subarray(lo, hi);
+          kernels.add3(out, v, local);
+          payload = bytesOf(out);
+        } else {
+          kernels.add(v, local);
+          payload = v.buffer === f.payload.buffer ? f.payload : bytesOf(v);
+        }
+      } else {
+        // This rank owns segment k (s = last: the final value is formed in the caller's buffer),
+        // or it receives its final value (all-gather): either way it goes on from the caller's
+        // buffer (zero-copy; safe because the call waits for the successor's DONE token).
+        if (s === last) kernels.addDiv(local, v, this.divisor);
+        else kernels.copy(local, v);
         payload = bytesOf(local);
-      } else kernels.copy(local, v);
+      }
     } else {
       const v = u16View(f.payload);
-      if (s < last) kernels.addHalf(v, local);
-      else if (s === last) kernels.addHalfFinal(v, local, this.divisor);
-      else kernels.fromHalf(v, local);
-      if (v.buffer !== f.payload.buffer) payload = bytesOf(v);
+      let out: Uint16Array | null = null;
+      if (s < last) {
+        if (this.releases) {
+          out = this.scratchHalf(lo, hi);
+          kernels.addHalfTo(out, v, local);
+        } else kernels.addHalf(v, local);
+      } else {
+        if (s === last) kernels.addHalfFinal(v, local, this.divisor);
+        else kernels.fromHalf(v, local);
+        // The half-precision frame goes on as it is (the final value in fp16): from a copy in the
+        // scratch buffer when frames are freed.
+        if (this.releases && forward) {
+          out = this.scratchHalf(lo, hi);
+          out.set(v);
+        }
+      }
+      payload = out ? bytesOf(out) : v.buffer === f.payload.buffer ? f.payload : bytesOf(v);
     }
-    if (s + 1 < this.steps) {
-      // The next step sends exactly the segment just received.
+    if (forward)
       this.ring.send(
         this.ring.header(this.seq, this.phaseOf(s + 1), s + 1, c, this.enc, hi - lo, this.buf.length, nc),
         payload,
       );
-    }
+    // Free the frame now (rather than at a later garbage collection, which the external memory
+    // of received frames otherwise triggers every few tens of megabytes) unless it goes on.
+    if (this.releases && !(forward && payload === f.payload)) kernels.release?.(f.payload);
     if (c + 1 < nc) this.chunk = c + 1;
     else {
       this.chunk = 0;
       this.step = s + 1;
-      if (this.step === this.steps) {
-        this.ring.send(
-          this.ring.header(this.seq, Phase.DONE, this.steps, 0, this.enc, 0, this.buf.length, 1),
-          Buffer.alloc(0),
-        );
-      }
+      if (this.step === this.steps)
+        this.ring.send(this.doneHeader(this.steps, this.ring.rank), Buffer.alloc(0));
     }
   }
 }
