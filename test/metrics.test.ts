@@ -371,22 +371,22 @@ test('WorkerMetrics over HTTP', async () => {
       assert.equal(s.labels.worker, 'worker-7');
     }
     assert.ok(series(x, 'ringdiff_process_resident_memory_bytes').length === 1);
-    assert.equal(value(x, 'ringdiff_worker_step'), r2.step);
-    assert.equal(value(x, 'ringdiff_worker_loss'), r2.loss);
-    assert.equal(value(x, 'ringdiff_worker_generation'), 5);
-    assert.equal(value(x, 'ringdiff_worker_rank'), 0);
-    assert.equal(value(x, 'ringdiff_worker_world_size'), 2);
-    assert.equal(value(x, 'ringdiff_worker_step_seconds', { phase: 'total' }), r2.stepMs / 1000);
-    assert.equal(value(x, 'ringdiff_worker_step_seconds', { phase: 'allreduce' }), r2.allreduceMs / 1000);
-    assert.equal(value(x, 'ringdiff_worker_step_seconds', { phase: 'data_wait' }), r2.dataWaitMs / 1000);
-    assert.equal(value(x, 'ringdiff_worker_samples_per_second'), r2.examples / (r2.stepMs / 1000));
-    assert.equal(value(x, 'ringdiff_worker_examples_total'), r1.examples + r2.examples);
-    assert.equal(value(x, 'ringdiff_worker_allreduce_bytes_total'), r1.allreduceBytes + r2.allreduceBytes);
-    assert.equal(value(x, 'ringdiff_worker_step_duration_seconds_count'), 2);
-    assert.equal(value(x, 'ringdiff_worker_ring_bytes_sent_total'), 250 + 50);
-    assert.equal(value(x, 'ringdiff_worker_ring_bytes_received_total'), 200 + 40);
-    assert.equal(value(x, 'ringdiff_worker_ring_dropped_frames_total', { reason: 'stale' }), 3 + 2);
-    assert.equal(value(x, 'ringdiff_worker_ring_dropped_frames_total', { reason: 'crc' }), 1);
+    assert.equal(value(x, 'ringdiff_local_step'), r2.step);
+    assert.equal(value(x, 'ringdiff_local_loss'), r2.loss);
+    assert.equal(value(x, 'ringdiff_local_generation'), 5);
+    assert.equal(value(x, 'ringdiff_local_rank'), 0);
+    assert.equal(value(x, 'ringdiff_local_world_size'), 2);
+    assert.equal(value(x, 'ringdiff_local_step_seconds', { phase: 'total' }), r2.stepMs / 1000);
+    assert.equal(value(x, 'ringdiff_local_step_seconds', { phase: 'allreduce' }), r2.allreduceMs / 1000);
+    assert.equal(value(x, 'ringdiff_local_step_seconds', { phase: 'data_wait' }), r2.dataWaitMs / 1000);
+    assert.equal(value(x, 'ringdiff_local_samples_per_second'), r2.examples / (r2.stepMs / 1000));
+    assert.equal(value(x, 'ringdiff_local_examples_total'), r1.examples + r2.examples);
+    assert.equal(value(x, 'ringdiff_local_allreduce_bytes_total'), r1.allreduceBytes + r2.allreduceBytes);
+    assert.equal(value(x, 'ringdiff_local_step_duration_seconds_count'), 2);
+    assert.equal(value(x, 'ringdiff_local_ring_bytes_sent_total'), 250 + 50);
+    assert.equal(value(x, 'ringdiff_local_ring_bytes_received_total'), 200 + 40);
+    assert.equal(value(x, 'ringdiff_local_ring_dropped_frames_total', { reason: 'stale' }), 3 + 2);
+    assert.equal(value(x, 'ringdiff_local_ring_dropped_frames_total', { reason: 'crc' }), 1);
   } finally {
     await server.close();
   }

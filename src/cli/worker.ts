@@ -53,6 +53,7 @@ export async function runWorker(o: WorkerCliOptions): Promise<number> {
     log,
     retryForMs: o.retryFor * 1000,
     events: {
+      onRegistered: (job, id) => metrics?.identify(job, id),
       onStep: (r) => metrics?.onStep(r),
       onRing: (ring) => metrics?.onRingCounters(ring.stats()),
     },

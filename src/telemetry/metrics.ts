@@ -49,6 +49,16 @@ const RATE_WINDOW_MS = 10_000;
 const PHASES = ['data_wait', 'forward_backward', 'allreduce', 'optimizer', 'total'] as const;
 type Phase = (typeof PHASES)[number];
 const STEP_BUCKETS = exponentialBuckets(0.005, 2, 16); // 5 ms … ~164 s
+/**
+ * prom-client default metrics that are gauges named `*_total`: `promtool check metrics` rejects them
+ * (exit 3, "non-counter metrics should not have _total suffix"). Their values are the sums of the
+ * per-type gauges of the same name without `_total`, which stay.
+ */
+const DROPPED_DEFAULT_METRICS = [
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+];
 
 /** The per-phase durations of a report, in seconds. */
 function phaseSeconds(r: ReportSample): Record<Phase, number> {
@@ -66,11 +76,15 @@ function increment(v: number): number {
   return Number.isFinite(v) && v > 0 ? v : 0;
 }
 
-/** A new registry with the `ringdiff_` default process metrics and the given constant labels. */
+/**
+ * A new registry with the `ringdiff_` default process metrics (minus `DROPPED_DEFAULT_METRICS`) and
+ * the given constant labels.
+ */
 function newRegistry(labels: Record<string, string>): Registry {
   const register = new Registry();
   register.setDefaultLabels(labels);
   collectDefaultMetrics({ register, prefix: PREFIX });
+  for (const name of DROPPED_DEFAULT_METRICS) register.removeSingleMetric(PREFIX + name);
   return register;
 }
 
@@ -443,30 +457,35 @@ export class WorkerMetrics {
       labelNames: L[] = [],
     ): Counter<L> => new Counter<L>({ name: PREFIX + name, help, labelNames, registers });
 
-    this.step = gauge('worker_step', 'Last step this worker completed.');
-    this.loss = gauge('worker_loss', 'Loss of the last step.');
-    this.gradNorm = gauge('worker_grad_norm', 'Gradient norm of the last step.');
-    this.lr = gauge('worker_learning_rate', 'Learning rate of the last step.');
-    this.stepSeconds = gauge('worker_step_seconds', 'Time of the last step by phase (seconds).', ['phase']);
+    this.step = gauge('local_step', 'Last step this worker completed.');
+    this.loss = gauge('local_loss', 'Loss of the last step.');
+    this.gradNorm = gauge('local_grad_norm', 'Gradient norm of the last step.');
+    this.lr = gauge('local_learning_rate', 'Learning rate of the last step.');
+    this.stepSeconds = gauge('local_step_seconds', 'Time of the last step by phase (seconds).', ['phase']);
     this.stepDuration = new Histogram({
-      name: PREFIX + 'worker_step_duration_seconds',
+      name: PREFIX + 'local_step_duration_seconds',
       help: 'Step time (seconds).',
       buckets: STEP_BUCKETS,
       registers,
     });
-    this.samplesPerSecond = gauge('worker_samples_per_second', 'Examples per second of the last step.');
-    this.examples = counter('worker_examples_total', 'Examples trained on.');
-    this.allreduceBytes = counter('worker_allreduce_bytes_total', 'Bytes all-reduced.');
-    this.busbw = gauge('worker_allreduce_busbw_gbps', 'All-reduce bus bandwidth of the last step (GB/s).');
-    this.generation = gauge('worker_generation', 'Generation of the ring this worker is in.');
-    this.rank = gauge('worker_rank', 'Rank of this worker in the ring.');
-    this.worldSize = gauge('worker_world_size', 'World size of the ring this worker is in.');
-    this.bytesSent = counter('worker_ring_bytes_sent_total', 'Bytes sent on the ring.');
-    this.bytesReceived = counter('worker_ring_bytes_received_total', 'Bytes received on the ring.');
-    this.dropped = counter('worker_ring_dropped_frames_total', 'Ring frames dropped, by reason.', ['reason']);
+    this.samplesPerSecond = gauge('local_samples_per_second', 'Examples per second of the last step.');
+    this.examples = counter('local_examples_total', 'Examples trained on.');
+    this.allreduceBytes = counter('local_allreduce_bytes_total', 'Bytes all-reduced.');
+    this.busbw = gauge('local_allreduce_busbw_gbps', 'All-reduce bus bandwidth of the last step (GB/s).');
+    this.generation = gauge('local_generation', 'Generation of the ring this worker is in.');
+    this.rank = gauge('local_rank', 'Rank of this worker in the ring.');
+    this.worldSize = gauge('local_world_size', 'World size of the ring this worker is in.');
+    this.bytesSent = counter('local_ring_bytes_sent_total', 'Bytes sent on the ring.');
+    this.bytesReceived = counter('local_ring_bytes_received_total', 'Bytes received on the ring.');
+    this.dropped = counter('local_ring_dropped_frames_total', 'Ring frames dropped, by reason.', ['reason']);
   }
 
   /** One completed step of this worker (times in ms, as reported to the coordinator). */
+  /** Relabels this worker's series with the job and worker id the coordinator gave at registration. */
+  identify(job: string, workerId: string): void {
+    this.registry.setDefaultLabels({ job, worker: workerId });
+  }
+
   onStep(r: ReportSample & { generation: number; rank: number; worldSize: number }): void {
     const sec = phaseSeconds(r);
     this.step.set(r.step);

@@ -55,6 +55,8 @@ export interface WorkerOptions {
 
 /** What a worker tells its observers (its metrics). */
 export interface WorkerEvents {
+  /** Registered (again): the job's name and this worker's id for the coordinator. */
+  onRegistered?(jobId: string, workerId: string): void;
   onStep?(r: StepRecord): void;
   onRing?(ring: Ring): void;
 }
@@ -252,6 +254,7 @@ export class Worker {
       throw e;
     }
     this.log.info({ worker: this.workerId, ring: this.advertise }, 'registered');
+    this.o.events?.onRegistered?.(reg.jobId, reg.workerId);
     const stream = this.client.plans(this.workerId);
     this.pending = null;
     this.streamEnded = false;
