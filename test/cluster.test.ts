@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient } from '../src/worker/client.js';
-import { LocalCluster, TOKEN, checkpointDiff, makeCertificates, runLaunch } from './cluster-harness.js';
+import { BIN, LocalCluster, TOKEN, checkpointDiff, makeCertificates, runLaunch } from './cluster-harness.js';
+import { spawnSync } from 'node:child_process';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ringdiff-cluster-'));
 process.on('exit', () => rmSync(root, { recursive: true, force: true }));
@@ -155,6 +156,21 @@ test('elasticity: SIGKILL one of 3 workers, then a worker joins; the job ends as
     );
     t.diagnostic(`joiner in at generation ${joined.generation}, step ${joined.step}`);
     await c.waitFor((s) => Number(s.step) > Number(joined.step) + 20, 'steps with the joiner');
+    const st = spawnSync(process.execPath, [BIN, 'status', '--coordinator', c.address, '--json'], {
+      encoding: 'utf8',
+    });
+    assert.equal(st.status, 0, st.stderr);
+    const status = JSON.parse(st.stdout) as {
+      state: string;
+      workers: { rank: number; samples_per_s: number }[];
+    };
+    assert.equal(status.state, 'training');
+    assert.deepEqual(
+      status.workers.map((w) => w.rank).sort(),
+      [0, 1, 2],
+      '`ringdiff status` lists the 3 ranks',
+    );
+    assert.ok(status.workers.every((w) => w.samples_per_s > 0));
 
     const text = await (await fetch(`http://${c.metricsAddress}/metrics`)).text();
     const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
