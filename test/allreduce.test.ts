@@ -7,7 +7,6 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +25,7 @@ import { RingConfigError } from '../src/allreduce/errors.js';
 import { parseSizes } from '../src/allreduce/bench.js';
 import { jsKernels, kernels, resetKernels, setKernels, type RingKernels } from '../src/allreduce/reduce.js';
 import { loadNativeKernels } from '../src/allreduce/native.js';
+import { freePort } from '../src/util/net.js';
 
 const PEER = fileURLToPath(new URL('./fixtures/ring-peer.js', import.meta.url));
 const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-ring-'));
@@ -107,16 +107,6 @@ let addrSeq = 0;
 function ipcAddrs(n: number): string[] {
   const g = ++addrSeq;
   return Array.from({ length: n }, (_, r) => `ipc://${path.join(dir, `g${g}-r${r}.sock`)}`);
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
 }
 
 function ringOpts(addrs: string[], r: number, extra: Partial<RingOptions> = {}): RingOptions {

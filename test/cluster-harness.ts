@@ -4,7 +4,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type * as grpc from '@grpc/grpc-js';
@@ -12,21 +11,11 @@ import { execFileSync } from 'node:child_process';
 import { CoordinatorClient } from '../src/worker/client.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { ringdiff } from '../src/proto-gen/coordinator.js';
+import { freePort } from '../src/util/net.js';
+export { freePort };
 
 export const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/ringdiff.js');
 export const TOKEN = 'test-token-0123456789abcdef';
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 export interface Proc {
   name: string;

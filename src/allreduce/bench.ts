@@ -16,13 +16,13 @@
  * one direction, and reports busbw as a fraction of it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { Encoding, Phase, encodeHeader } from './frame.js';
 import { Ring, ringContext, type RingOptions } from './ring.js';
+import { freePort } from '../util/net.js';
 
 type KeyPair = { publicKey: string; secretKey: string };
 
@@ -191,18 +191,6 @@ function call(c: Child, cmd: string, args: Record<string, unknown> = {}): Promis
         `bench rank ${c.rank}: ${cmd} failed: ${String((m.error as { message?: string })?.message ?? m.error)}`,
       );
     return m;
-  });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
   });
 }
 

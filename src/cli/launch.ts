@@ -9,11 +9,11 @@ import { createWriteStream, mkdirSync, writeFileSync, existsSync, readFileSync }
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createServer } from 'node:net';
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../config/load.js';
 import { CoordinatorClient } from '../worker/client.js';
 import { UsageError } from './common.js';
+import { freePort } from '../util/net.js';
 
 export interface LaunchOptions {
   workers: number;
@@ -25,18 +25,6 @@ export interface LaunchOptions {
 }
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/ringdiff.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** The run's join token: reused from `<out_dir>/token` (mode 0600) or generated there. */
 function runToken(outDir: string): string {

@@ -7,7 +7,6 @@
  * so any failure — a dead peer, a new plan, a lost coordinator — leaves it at its last commit.
  */
 import { createHash } from 'node:crypto';
-import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import * as zmq from 'zeromq';
 import { parseConfigText, validateConfig } from '../config/load.js';
@@ -28,6 +27,7 @@ import { syncGeneration, type Kept } from './sync.js';
 import { decodeSnapshot, encodeSnapshot } from './transfer.js';
 
 import pb = ringdiff.v1;
+import { freePort } from '../util/net.js';
 
 export interface WorkerOptions {
   /** Coordinator address, host:port. */
@@ -90,19 +90,6 @@ export class FatalWorkerError extends Error {}
 type SessionEnd = WorkerOutcome | 'fenced' | 'lost';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** A free TCP port on `host` (asked from the OS; released before the ring binds it). */
-async function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** A dataset this worker cannot read: it knows the shape and size; shards come from FetchShard. */
 function remoteDataset(spec: string, shape: number[], size: number, numClasses: number): Dataset {
@@ -190,11 +177,13 @@ export class Worker {
           end = 'lost';
         }
         if (end === 'finished' || end === 'stopped') return end;
+        // A lost plan stream may mean the coordinator went on without us (we were silent past the
+        // heartbeat timeout: frozen, partitioned): then we are fenced just the same.
+        if (end === 'lost' && (await this.fencedByCoordinator())) end = 'fenced';
         if (end === 'fenced') {
           // Out of the generation: our state may differ from the survivors' in the last bits.
           this.log.warn('fenced out of the job: discarding state and rejoining');
-          if (this.job) resetJob(this.job);
-          this.kept = null;
+          this.discardState();
           lostSince = null;
           backoff = 200;
           continue;
@@ -231,8 +220,40 @@ export class Worker {
     }
   }
 
+  /**
+   * Whether the coordinator we reach no longer counts our last registration while its job has
+   * started a generation: it went on without us (we were frozen, cut off, or it restarted and the
+   * others re-formed the ring first), so the steps we committed may have been abandoned and redone
+   * by the others with another summation order — our state must not come back into the job. A
+   * restarted coordinator still in its rendezvous (generation 0) adopts our state instead.
+   * Unreachable: false (retry later; asked again before registering).
+   */
+  private async fencedByCoordinator(): Promise<boolean> {
+    if (!this.workerId || !this.job || this.job.state.step === 0) return false;
+    try {
+      const r = await this.client.heartbeat({
+        workerId: this.workerId,
+        generation: this.generation,
+        step: this.step,
+      });
+      return !r.member && r.generation > 0;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Discards the local training state (fenced): the next generation sends us the job's state. */
+  private discardState(): void {
+    if (this.job) resetJob(this.job);
+    this.kept = null;
+  }
+
   /** One registration: follows plans until the job ends, we are fenced, or the coordinator is lost. */
   private async session(): Promise<SessionEnd> {
+    if (await this.fencedByCoordinator()) {
+      this.log.warn('the job went on without us while the coordinator was unreachable: discarding state');
+      this.discardState();
+    }
     const reg = await this.client.register({
       host: this.o.host,
       backend: this.o.backend,
@@ -561,7 +582,45 @@ export class Worker {
     // The last step is committed everywhere that got here: rank 0 hands the final state over.
     if (plan.rank === 0 && !this.interrupted()) {
       await this.pushChain.catch(() => {});
-      await this.push('final', await snapshot(job), plan.generation);
+      await this.pushFinal(await snapshot(job), plan.generation);
+    }
+  }
+
+  /**
+   * The final state must become a durable checkpoint before the job can finish: a push the
+   * coordinator could not write (disk full, read-only run directory: UNAVAILABLE) or that failed in
+   * transit is retried with back-off until it is accepted, or until this generation ends (a new
+   * plan, a lost coordinator: then the next rank 0 pushes it).
+   */
+  private async pushFinal(snap: Snapshot, generation: number): Promise<void> {
+    let backoff = 500;
+    for (;;) {
+      try {
+        await this.push('final', snap, generation);
+        return;
+      } catch (e) {
+        const code = (e as { code?: number }).code;
+        if (code === 5 /* NOT_FOUND */ || code === 9 /* FAILED_PRECONDITION */) {
+          // Fenced or superseded: the plan stream tells us what comes next.
+          this.log.warn(
+            { error: (e as Error).message },
+            'final state refused: not a member of this generation',
+          );
+          return;
+        }
+        if (code === 16 /* UNAUTHENTICATED */)
+          throw new FatalWorkerError(`coordinator ${this.o.coordinator} refused the join token`);
+        this.log.warn(
+          { error: (e as Error).message, retry_ms: backoff },
+          'final state not checkpointed yet; retrying',
+        );
+      }
+      const until = Date.now() + backoff;
+      while (Date.now() < until) {
+        if (this.interrupted()) return;
+        await sleep(Math.min(100, until - Date.now()));
+      }
+      backoff = Math.min(5000, backoff * 2);
     }
   }
 
