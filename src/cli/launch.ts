@@ -167,10 +167,12 @@ export async function launch(o: LaunchOptions): Promise<number> {
         .filter((p) => p !== coord && p.code !== 0)
         .map((p) => `${p.name} (exit ${p.code})`);
       // A short grace period: the coordinator exits by itself right after the workers when the job finished.
-      const code = await Promise.race([
-        coord.exit,
-        new Promise<null>((r) => setTimeout(() => r(null), 5000)),
-      ]);
+      // Workers exit 0 only on FINISH or STOP: the coordinator is then drawing samples and the
+      // report, however long that takes. Otherwise a short grace period.
+      const code =
+        failed.length === 0
+          ? await coord.exit
+          : await Promise.race([coord.exit, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
       if (code === null) {
         coord.child.kill('SIGKILL');
         bar?.stop();
