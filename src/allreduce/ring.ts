@@ -124,7 +124,10 @@ export interface RingOptions {
   bindAddress: string | string[];
   /** Endpoint the successor bound (choose with `pickAddress`). */
   successorAddress: string;
-  /** Bytes of float32 data per chunk (fp16 sends half as many bytes). Default 1 MiB. */
+  /**
+   * Bytes of float32 data per chunk (fp16 sends half as many bytes). Default 1 MiB. Every rank must
+   * use the same value; a frame larger than `chunkBytes` + 1 MiB disconnects the peer that sent it.
+   */
   chunkBytes?: number;
   /** Reject when no frame arrives for this long while a call waits for one. Default 30 s. */
   timeoutMs?: number;
@@ -362,6 +365,8 @@ interface Op {
 }
 
 const DEFAULT_CHUNK_BYTES = 1 << 20;
+/** Bytes a received frame may exceed `chunkBytes` by (headers and ABORT reasons are far smaller). */
+const MAX_FRAME_SLACK = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 30_000;
 
 export class Ring {
@@ -472,6 +477,10 @@ export class Ring {
       context,
       linger: 0,
       receiveHighWaterMark: 0,
+      // No frame of the ring is larger than a chunk (an ABORT reason is a short text): a peer that
+      // announces a larger one is disconnected before ZeroMQ allocates and buffers it, so that
+      // anyone who can reach the port cannot make this process hold gigabytes per connection.
+      maxMessageSize: this.chunkBytes + MAX_FRAME_SLACK,
       ...(sb > 0 ? { receiveBufferSize: sb } : {}),
     });
     const push = new zmq.Push({

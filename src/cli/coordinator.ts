@@ -2,7 +2,8 @@
  * `ringdiff coordinator`: the job's gRPC server (rendezvous, membership, plans, central EMA and
  * checkpoints) and its Prometheus metrics; exits 0 when the job has run all its steps.
  */
-import { readFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadConfig, configToYaml } from '../config/load.js';
 import type { Config } from '../config/schema.js';
@@ -19,7 +20,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { UsageError } from './common.js';
 import { credentialsFrom, type TlsPem } from '../worker/heartbeat.js';
 import { reportAtEnd, writeSamplesFrom } from './train.js';
-import { HistoryWriter } from '../telemetry/history.js';
+import { HISTORY_FILE, type HistoryEntry } from '../telemetry/history.js';
 
 export interface CoordinatorCliOptions {
   config?: string;
@@ -99,7 +100,7 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     return 0;
   }
   const metrics = new CoordinatorMetrics(cfg.run.name);
-  const history = new HistoryWriter(cfg.run.out_dir);
+  const history = new CoordinatorHistory(cfg.run.out_dir, cfg.train.steps, log);
   let finished!: () => void;
   const done = new Promise<void>((r) => (finished = r));
   const srv = new CoordinatorServer({
@@ -189,6 +190,7 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
   process.on('SIGTERM', onSignal);
   try {
     await done;
+    if (!history.flush()) log.error('history.jsonl: entries could not be written before the end');
     if (srv.isFinished) {
       await finalSamples(cfg, state, dataset.shape, log);
       await reportAtEnd(cfg.run.out_dir, log);
@@ -201,6 +203,65 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     clearInterval(liveness);
     await srv.close();
     await metricsServer?.close();
+  }
+}
+
+/**
+ * The coordinator's history.jsonl (same lines as `HistoryWriter`, read by `readHistory`), robust to
+ * what a distributed job does to reports:
+ * - reports arrive out of order (unary calls race; a worker re-sends the reports a coordinator
+ *   missed at the next generation): every step is recorded once per coordinator process, in
+ *   arrival order (readers sort by step), not only steps newer than the last one recorded;
+ * - a full or read-only run directory: entries that cannot be appended are kept in memory and
+ *   appended once there is room (a torn last line is ended first), with one log line per outage.
+ */
+class CoordinatorHistory {
+  private readonly file: string;
+  /** Steps recorded (or queued) by this process. */
+  private readonly seen: Uint8Array;
+  private readonly pending: HistoryEntry[] = [];
+  private failing = false;
+
+  constructor(
+    outDir: string,
+    totalSteps: number,
+    private readonly log: Logger,
+  ) {
+    mkdirSync(outDir, { recursive: true });
+    this.file = path.join(outDir, HISTORY_FILE);
+    this.seen = new Uint8Array(totalSteps + 1);
+  }
+
+  add(e: HistoryEntry): void {
+    if (!Number.isSafeInteger(e.step) || e.step < 0 || e.step >= this.seen.length || this.seen[e.step])
+      return;
+    this.seen[e.step] = 1;
+    this.pending.push(e);
+    this.flush();
+  }
+
+  /** Appends what is pending; false while the run directory refuses it. */
+  flush(): boolean {
+    while (this.pending.length > 0) {
+      const e = this.pending[0] as HistoryEntry;
+      const q = e.loss_q.map((x) => (Number.isFinite(x) ? x : null));
+      try {
+        // After a failure the file may end with a torn line: end it, so the entry parses.
+        appendFileSync(this.file, `${this.failing ? '\n' : ''}${JSON.stringify({ ...e, loss_q: q })}\n`);
+      } catch (err) {
+        if (!this.failing)
+          this.log.error(
+            { error: (err as Error).message, step: e.step },
+            'history.jsonl not writable; keeping entries in memory until it is',
+          );
+        this.failing = true;
+        return false;
+      }
+      this.pending.shift();
+      if (this.failing) this.log.info({ step: e.step }, 'history.jsonl writable again');
+      this.failing = false;
+    }
+    return true;
   }
 }
 

@@ -19,6 +19,23 @@ import { ConfigSchema, type Config } from './schema.js';
 /** A user mistake in a config, its file or an override; the message is one line. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
+  constructor(message: string) {
+    // Keys and values quoted in messages may hold line breaks (a YAML key "a\nb"): escape them.
+    super(escapeControl(message));
+  }
+}
+
+/** `s` with control characters and line separators escaped (\n, \u0000, \u2028, ...). */
+export function escapeControl(s: string): string {
+  let out = '';
+  for (const ch of s) {
+    const c = ch.codePointAt(0) as number;
+    if (c < 0x20) out += JSON.stringify(ch).slice(1, -1);
+    else if (c === 0x7f || c === 0x85 || c === 0x2028 || c === 0x2029)
+      out += `\\u${c.toString(16).padStart(4, '0')}`;
+    else out += ch;
+  }
+  return out;
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
@@ -44,7 +61,8 @@ export function validateConfig(raw: unknown, source: string): Config {
 
 /** Parses YAML text; syntax errors name the line and column. */
 export function parseConfigText(text: string, source: string): unknown {
-  const doc = parseDocument(text, { prettyErrors: true });
+  // logLevel 'error': no process warning (an extra stderr line) for keys that are collections.
+  const doc = parseDocument(text, { prettyErrors: true, logLevel: 'error' });
   const err = doc.errors[0];
   if (err) {
     const pos = err.linePos?.[0];
@@ -53,7 +71,13 @@ export function parseConfigText(text: string, source: string): unknown {
       `${source}: invalid YAML${where}: ${err.message.split('\n')[0]?.replace(/ at line \d+, column \d+:?$/, '')}`,
     );
   }
-  const value: unknown = doc.toJS();
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (e) {
+    // e.g. "Excessive alias count indicates a resource exhaustion attack" (a billion-laughs file).
+    throw new ConfigError(`${source}: invalid YAML: ${(e as Error).message.split('\n')[0]}`);
+  }
   if (value !== null && value !== undefined && (typeof value !== 'object' || Array.isArray(value))) {
     throw new ConfigError(`${source}: the top level must be a mapping of sections (run, data, model, ...)`);
   }

@@ -15,18 +15,11 @@ import { ChunkAssembler, toChunks } from '../worker/transfer.js';
 import { PUSH_REASONS, type CentralState, type PushReason } from './state.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../util/log.js';
+import { RpcError } from './rpc-error.js';
 
 import pb = ringdiff.v1;
 
-/** A request that failed validation: gRPC status and a message naming the field. */
-export class RpcError extends Error {
-  constructor(
-    readonly code: grpc.status,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+export { RpcError };
 
 export interface CoordinatorOptions {
   jobId: string;
@@ -45,7 +38,18 @@ export interface CoordinatorOptions {
   job?: { cfg: Config; state: CentralState; dataset: Dataset };
   /** Observers of what happens (metrics). */
   events?: CoordinatorEvents;
+  /** HTTP/2 keepalive pings of the server, ms (default `KEEPALIVE_MS`; tests shorten it). */
+  keepaliveMs?: { time: number; timeout: number };
 }
+
+/**
+ * The server pings every connection every `time` ms and drops one that does not answer within
+ * `timeout`. Node's HTTP/2 server keeps the session (and file descriptor) of a peer that broke the
+ * protocol (say, a frame longer than the maximum) open after that peer has gone, forever: this
+ * reaps them. Workers need no keepalive (heartbeats and plan streams decide who is alive), so the
+ * timeout is long enough for a worker whose event loop is busy in a long training step.
+ */
+export const KEEPALIVE_MS = { time: 2 * 60_000, timeout: 10 * 60_000 };
 
 /** What the coordinator tells its observers (the metrics module implements it). */
 export interface CoordinatorEvents {
@@ -81,7 +85,7 @@ export function tokenMatches(metadata: grpc.Metadata, token: string): boolean {
 export class CoordinatorServer {
   readonly membership: Membership;
   readonly counters: CoordinatorCounters = { rejected: new Map(), generations: 0 };
-  private readonly server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 2 ** 20 });
+  private readonly server: grpc.Server;
   private readonly streams = new Map<string, grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>>();
   private timer: NodeJS.Timeout | null = null;
   private finished = false;
@@ -95,6 +99,12 @@ export class CoordinatorServer {
   private readonly workerSps = new Map<string, number>();
 
   constructor(readonly opts: CoordinatorOptions) {
+    const keepalive = opts.keepaliveMs ?? KEEPALIVE_MS;
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': 64 * 2 ** 20,
+      'grpc.keepalive_time_ms': keepalive.time,
+      'grpc.keepalive_timeout_ms': keepalive.timeout,
+    });
     this.membership = new Membership(
       {
         minWorkers: opts.minWorkers,
@@ -130,12 +140,23 @@ export class CoordinatorServer {
     return port;
   }
 
-  /** Stops accepting calls and ends every plan stream. */
-  async close(): Promise<void> {
+  /** Stops accepting calls and ends every plan stream; connections still open after `graceMs` are cut. */
+  async close(graceMs = 5000): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     for (const s of this.streams.values()) s.end();
     this.streams.clear();
-    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    // A graceful shutdown waits for every connection to close, which one left open by Node after a
+    // peer's protocol error (see KEEPALIVE_MS) never does: the process would never exit.
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 
   private reject(method: string, code: grpc.status, reason: string): never {
@@ -446,6 +467,10 @@ export class CoordinatorServer {
   async stop(timeoutMs: number): Promise<boolean> {
     if (this.finished) return true;
     this.stopping = true;
+    const g = this.membership.generation;
+    // Nobody trains, so nobody can push a checkpoint. (Checked before the deadline timer is armed:
+    // left behind, it kept the process alive for the whole deadline after the coordinator stopped.)
+    if (g.ring.length === 0 || this.streams.size === 0) return false;
     const done = new Promise<boolean>((resolve) => {
       const t = setTimeout(() => resolve(false), timeoutMs);
       this.stopWaiters.push(() => {
@@ -453,8 +478,6 @@ export class CoordinatorServer {
         resolve(true);
       });
     });
-    const g = this.membership.generation;
-    if (g.ring.length === 0 || this.streams.size === 0) return false;
     for (const [id, s] of this.streams) s.write({ ...this.planFor(g, id), kind: pb.PlanKind.STOP });
     const ok = await done;
     for (const s of this.streams.values()) s.end();

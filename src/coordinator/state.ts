@@ -4,6 +4,8 @@
  * `train.ema_sync_every` steps) and the authoritative timestep-sampling table that travels with
  * them. Checkpoints are written atomically by `writeCheckpoint`; only then is one counted.
  */
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import type { Config } from '../config/schema.js';
 import type { Dataset } from '../data/dataset.js';
 import { latestValidCheckpoint, writeCheckpoint } from '../model/checkpoint.js';
@@ -12,6 +14,7 @@ import { disposeParams, type HostTensor } from '../model/params.js';
 import { checkResumeCompatible, type Snapshot } from '../worker/local.js';
 import { decodeSnapshot, encodeSnapshot } from '../worker/transfer.js';
 import type { Logger } from '../util/log.js';
+import { RpcError } from './rpc-error.js';
 
 /** Why a worker pushed its state. */
 export type PushReason = 'checkpoint' | 'final' | 'shutdown' | 'ema-sync';
@@ -113,13 +116,35 @@ export class CentralState {
     }
     if (reason === 'ema-sync') return null;
     if (step <= this.checkpointStep) return null;
-    const res = await writeCheckpoint(
-      this.cfg.run.out_dir,
-      step,
-      snap.parts,
-      snap.state,
-      this.cfg.train.keep_checkpoints,
-    );
+    let res;
+    try {
+      res = await writeCheckpoint(
+        this.cfg.run.out_dir,
+        step,
+        snap.parts,
+        snap.state,
+        this.cfg.train.keep_checkpoints,
+      );
+    } catch (e) {
+      // Disk full, read-only or failing run directory: the write left nothing behind (temp dir
+      // removed) and the previous checkpoint stays the newest, on disk and for FetchState. The job
+      // goes on; the next checkpoint step tries again, and the final state is retried by rank 0
+      // until it is written (the job cannot finish without it).
+      const why = (e as Error).message.replace(/\s*[\r\n]+\s*/g, ' ');
+      const dir = path.join(this.cfg.run.out_dir, `ckpt-${step}`);
+      const kept = this.lastCheckpoint?.dir ?? 'no checkpoint';
+      this.log?.error(
+        {
+          step,
+          dir,
+          error: why,
+          code: (e as NodeJS.ErrnoException).code,
+          newest: this.lastCheckpoint?.dir ?? null,
+        },
+        `checkpoint ${dir} not written (${why}); ${kept} stays the newest`,
+      );
+      throw new RpcError(grpc.status.UNAVAILABLE, `checkpoint ${dir} not written: ${why}`);
+    }
     this.ckpt = snap;
     this.encoded = null;
     this.lastCheckpoint = { step, dir: res.dir, bytes: res.bytes, ms: res.ms };

@@ -155,9 +155,12 @@ export function readIdxHeader(bytes: Bytes, role: 'images' | 'labels'): IdxHeade
   const dims = Array.from({ length: ndim }, (_, i) => view.getUint32(4 * i, false));
   const count = dims.reduce((a, b) => a * b, 1);
   const expected = dataOffset + count * type.bytes;
-  const layout = `${dataOffset}-byte header + ${dims.join('×')} ${type.name} values of ${type.bytes} byte${type.bytes > 1 ? 's' : ''}`;
+  // A damaged ndim byte can announce 255 dimensions: keep the message one readable line.
+  const shown =
+    dims.length > 8 ? `${dims.slice(0, 8).join('×')}×... (${dims.length} dimensions)` : dims.join('×');
+  const layout = `${dataOffset}-byte header + ${shown} ${type.name} values of ${type.bytes} byte${type.bytes > 1 ? 's' : ''}`;
   if (!Number.isSafeInteger(expected))
-    throw new Error(`${file}: dimensions ${dims.join('×')} at offset 4 are too large`);
+    throw new Error(`${file}: dimensions ${shown} at offset 4 are too large`);
   if (size < expected) throw new Error(`${file}: truncated: ${size} bytes, expected ${expected} (${layout})`);
   if (size > expected)
     throw new Error(

@@ -78,6 +78,15 @@ const ITEM_BYTES: Record<string, number> = {
   '<f8': 8,
 };
 
+/**
+ * Header text as quoted in an error message: control characters escaped (a damaged header may hold
+ * line breaks and binary bytes; a message is one line), at most 160 characters.
+ */
+function shown(s: string): string {
+  const t = JSON.stringify(s).slice(1, -1);
+  return t.length > 160 ? `${t.slice(0, 160)}...` : t;
+}
+
 /** Parses and checks a .npy header: magic, version, descr, C order, shape and exact file size. */
 export function readNpyHeader(bytes: Bytes): NpyHeader {
   const { file, size } = bytes;
@@ -102,7 +111,7 @@ export function readNpyHeader(bytes: Bytes): NpyHeader {
     const m = re.exec(text);
     if (!m?.[1])
       throw new Error(
-        `${file}: header field '${key}' missing or malformed at offset ${start}: ${text.trim()}`,
+        `${file}: header field '${key}' missing or malformed at offset ${start}: ${shown(text.trim())}`,
       );
     return m[1];
   };
@@ -110,7 +119,9 @@ export function readNpyHeader(bytes: Bytes): NpyHeader {
   const fortran = field('fortran_order', /'fortran_order'\s*:\s*(True|False)/);
   const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(text)?.[1];
   if (shapeText === undefined)
-    throw new Error(`${file}: header field 'shape' missing or malformed at offset ${start}: ${text.trim()}`);
+    throw new Error(
+      `${file}: header field 'shape' missing or malformed at offset ${start}: ${shown(text.trim())}`,
+    );
   if (fortran === 'True')
     throw new Error(
       `${file}: fortran_order True (header at offset ${start}) is not supported; save a C-order array (np.ascontiguousarray)`,
@@ -122,12 +133,12 @@ export function readNpyHeader(bytes: Bytes): NpyHeader {
   const shape = parts.map((s) => Number(s));
   if (shape.some((d) => !Number.isSafeInteger(d) || d < 0))
     throw new Error(
-      `${file}: header field 'shape' (${shapeText}) at offset ${start} is not a tuple of sizes`,
+      `${file}: header field 'shape' (${shown(shapeText)}) at offset ${start} is not a tuple of sizes`,
     );
   const item = ITEM_BYTES[descr];
   if (item === undefined)
     throw new Error(
-      `${file}: dtype '${descr}' (header field 'descr' at offset ${start}) is not supported (little-endian ints, <f4, <f8)`,
+      `${file}: dtype '${shown(descr)}' (header field 'descr' at offset ${start}) is not supported (little-endian ints, <f4, <f8)`,
     );
   const expected = dataOffset + shape.reduce((a, b) => a * b, 1) * item;
   const layout = `${dataOffset}-byte header + [${shape.join(', ')}] × ${item} byte${item > 1 ? 's' : ''}`;

@@ -70,10 +70,15 @@ export class CoordinatorClient {
     return this.call('fetchShard', r);
   }
 
-  /** Streams `buf` to the coordinator as SNAPSHOT chunks; resolves with the coordinator's reply. */
+  /**
+   * Streams `buf` to the coordinator as SNAPSHOT chunks; resolves with the coordinator's reply.
+   * Bounded by a deadline (default 60 s plus 1 s per 10 MB) so that a push over a stalled
+   * connection fails instead of holding back every later one.
+   */
   pushState(
     meta: { workerId: string; generation: number; step: number; reason: string },
     buf: Uint8Array,
+    timeoutMs = 60000 + buf.length / 1e4,
   ): Promise<pb.PushStateReply> {
     const fn = this.client.pushState as (
       md: grpc.Metadata,
@@ -81,7 +86,7 @@ export class CoordinatorClient {
       cb: (err: grpc.ServiceError | null, res?: pb.PushStateReply) => void,
     ) => grpc.ClientWritableStream<pb.IStateChunk>;
     return new Promise((resolve, reject) => {
-      const call = fn.call(this.client, this.metadata(), {}, (err, res) =>
+      const call = fn.call(this.client, this.metadata(), { deadline: Date.now() + timeoutMs }, (err, res) =>
         err ? reject(err) : resolve(res as pb.PushStateReply),
       );
       for (const c of toChunks(buf)) {

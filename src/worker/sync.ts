@@ -11,6 +11,7 @@
  * collectives is the same everywhere.
  */
 import type { Ring } from '../allreduce/ring.js';
+import { RingTimeoutError } from '../allreduce/errors.js';
 import { restoreSnapshot, snapshot, type Job } from './local.js';
 import { commitReduced } from './step.js';
 import { decodeSnapshot, encodeSnapshot } from './transfer.js';
@@ -30,10 +31,47 @@ export interface Kept {
   reduced: Float32Array;
 }
 
-/** Brings every rank of `ring` to the newest committed state; see the module comment. */
-export async function syncGeneration(job: Job, ring: Ring, kept: Kept | null): Promise<SyncResult> {
+/**
+ * The first collective of a new ring, bounded by `timeoutMs`: on expiry the ring is closed and a
+ * `RingTimeoutError` thrown, so the caller reports a ring failure and the coordinator re-forms
+ * the ring. Needed because a peer that connects while this rank's socket of the previous
+ * generation is still bound can have its first frames dropped there as a future generation: the
+ * peer completes the collective, this rank would wait for the whole ring timeout.
+ */
+async function firstCollective<T>(ring: Ring, op: Promise<T>, timeoutMs: number | undefined): Promise<T> {
+  if (timeoutMs === undefined || ring.worldSize === 1) return op;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<'expired'>((resolve) => {
+    timer = setTimeout(() => resolve('expired'), timeoutMs);
+  });
+  try {
+    const r = await Promise.race([op, expired]);
+    if (r !== 'expired') return r;
+  } finally {
+    clearTimeout(timer);
+  }
+  op.catch(() => {});
+  await ring.close().catch(() => {});
+  throw new RingTimeoutError(
+    `rank ${ring.rank}: the generation-start all-gather of generation ${ring.generation} did not complete within ${timeoutMs} ms`,
+    timeoutMs,
+  );
+}
+
+/**
+ * Brings every rank of `ring` to the newest committed state; see the module comment.
+ * `firstTimeoutMs` bounds the first collective (see `firstCollective`).
+ */
+export async function syncGeneration(
+  job: Job,
+  ring: Ring,
+  kept: Kept | null,
+  opts: { firstTimeoutMs?: number } = {},
+): Promise<SyncResult> {
   const mine = job.state.step;
-  const steps = (await ring.allGather(Float32Array.of(mine))).map((a) => a[0] as number);
+  const steps = (await firstCollective(ring, ring.allGather(Float32Array.of(mine)), opts.firstTimeoutMs)).map(
+    (a) => a[0] as number,
+  );
   const newest = Math.max(...steps);
   const root = steps.indexOf(newest);
   const rollers = steps.some((s) => s === newest - 1);

@@ -136,7 +136,12 @@ export class Worker {
   private streamEnded = false;
   private wake: (() => void) | null = null;
   private fenced = false;
-  private pushChain: Promise<void> = Promise.resolve();
+  /** Pushes waiting behind the one in flight (see `pushAsync`) and the loop sending them. */
+  private queued: { checkpoint: QueuedPush | null; ema: QueuedPush | null } = { checkpoint: null, ema: null };
+  private pushing: Promise<void> | null = null;
+  /** Step reports the coordinator did not take, by step (see `sendReport`). */
+  private readonly unreported = new Map<number, pb.IStepReport>();
+  private readonly reportsInFlight = new Set<Promise<void>>();
   private generation = 0;
   private rank = -1;
   private heartbeats: Heartbeats | null = null;
@@ -198,7 +203,7 @@ export class Worker {
       }
     } finally {
       await this.closeRing();
-      await this.pushChain.catch(() => {});
+      await this.pushing;
       await this.loader?.close();
       this.client.close();
     }
@@ -246,6 +251,49 @@ export class Worker {
   private discardState(): void {
     if (this.job) resetJob(this.job);
     this.kept = null;
+    // Our reports and snapshots may be of steps the others abandoned and redid.
+    this.unreported.clear();
+    this.queued = { checkpoint: null, ema: null };
+  }
+
+  /**
+   * Reports a committed step without waiting. A report the coordinator did not take because it
+   * was unreachable or had already moved to a newer generation (the step was committed just
+   * before a membership change) is kept and sent again at the start of the next generation, so
+   * the coordinator's history has every committed step.
+   */
+  private sendReport(r: pb.IStepReport): void {
+    const p = this.client.report(r).then(
+      () => {},
+      (e: unknown) => {
+        const code = (e as { code?: number }).code;
+        // UNAVAILABLE, DEADLINE_EXCEEDED, NOT_FOUND (restarted coordinator), FAILED_PRECONDITION.
+        if ([14, 4, 5, 9].includes(code ?? -1) && this.unreported.size < 10000)
+          this.unreported.set(Number(r.step), r);
+      },
+    );
+    this.reportsInFlight.add(p);
+    void p.finally(() => this.reportsInFlight.delete(p));
+  }
+
+  /** Sends the reports kept by `sendReport` again, oldest first, before this generation's first step. */
+  private async resendReports(generation: number): Promise<void> {
+    if (this.reportsInFlight.size > 0)
+      await Promise.race([Promise.allSettled([...this.reportsInFlight]), sleep(2000)]);
+    if (this.unreported.size === 0) return;
+    const pending = [...this.unreported.values()].sort((a, b) => Number(a.step) - Number(b.step));
+    this.unreported.clear();
+    let sent = 0;
+    for (const r of pending) {
+      if (this.interrupted()) return;
+      try {
+        await this.client.report({ ...r, workerId: this.workerId, generation });
+        sent++;
+      } catch {
+        // The coordinator will learn the step from another worker, or not at all.
+      }
+    }
+    this.log.info({ reports: sent, of: pending.length }, 'step reports sent again');
   }
 
   /** One registration: follows plans until the job ends, we are fenced, or the coordinator is lost. */
@@ -434,6 +482,10 @@ export class Worker {
           successorAddress: succ.ringEndpoint ?? '',
           chunkBytes: cfg.cluster.allreduce.chunk_bytes,
           timeoutMs: cfg.cluster.ring_timeout_ms,
+          // A worker closes its ring only when the generation is over (a new plan, FINISH, STOP):
+          // no graceful barrier. It would keep this rank's socket bound for up to 2 s, long
+          // enough for peers of the next generation to connect to it and lose their first frames.
+          closeLingerMs: 0,
           compression: cfg.cluster.allreduce.compression,
           encryption: cfg.cluster.allreduce.encryption,
           ...(curve
@@ -478,7 +530,13 @@ export class Worker {
       this.ring = ring;
       this.o.events?.onRing?.(ring);
       if (this.interrupted()) return;
-      const sync = await syncGeneration(job, ring, this.kept);
+      // Peers open their rings within moments of each other (they got the same plan); a first
+      // collective that takes much longer lost frames to a stale socket (see syncGeneration).
+      const firstTimeoutMs = Math.min(
+        cfg.cluster.ring_timeout_ms,
+        Math.max(2000, Math.min(5000, cfg.cluster.heartbeat_timeout_ms)),
+      );
+      const sync = await syncGeneration(job, ring, this.kept, { firstTimeoutMs });
       log.info(
         {
           world: plan.worldSize,
@@ -490,6 +548,7 @@ export class Worker {
         'generation started',
       );
       if (sync.receivedState) this.kept = null;
+      await this.resendReports(plan.generation);
       await this.trainLoop(plan, ring, log);
     } catch (e) {
       if (this.interrupted()) return; // a new plan closed the ring under us: expected
@@ -522,6 +581,11 @@ export class Worker {
     this.loader?.drop();
     const acc = new StepAverages();
     while (job.state.step < total) {
+      // One turn of the event loop per step: with nothing else to wait for (a world of one, data
+      // already prefetched) the loop would otherwise run steps back to back on microtasks, and the
+      // plan stream, reports and pushes would wait (a new generation seen seconds late, steps run
+      // alone meanwhile, reports reaching the coordinator late).
+      await new Promise<void>((r) => setImmediate(r));
       if (this.interrupted()) return;
       const s = job.state.step;
       const t0 = performance.now();
@@ -539,7 +603,16 @@ export class Worker {
       const N = plan.worldSize;
       const busbw = N > 1 && arSec > 0 ? ((r.reduced.byteLength / arSec) * (2 * (N - 1))) / N / 1e9 : 0;
       let checksum = '';
-      if (plan.verifyEvery > 0 && r.step % plan.verifyEvery === 0) checksum = await this.verify(ring, r.step);
+      // The step is committed whatever happens to the checksum round: it is reported either way.
+      let verifyFailed: unknown = null;
+      if (plan.verifyEvery > 0 && r.step % plan.verifyEvery === 0) {
+        try {
+          checksum = await this.verify(ring, r.step);
+        } catch (e) {
+          if (e instanceof FatalWorkerError) throw e;
+          verifyFailed = e;
+        }
+      }
       const rec: StepRecord = {
         step: r.step,
         generation: plan.generation,
@@ -560,14 +633,13 @@ export class Worker {
       };
       this.o.events?.onStep?.(rec);
       this.o.events?.onRing?.(ring);
-      void this.client
-        .report({
-          ...rec,
-          workerId: this.workerId,
-          allreduceBusbwGbps: busbw,
-          weightsChecksum: checksum,
-        })
-        .catch(() => {});
+      this.sendReport({
+        ...rec,
+        workerId: this.workerId,
+        allreduceBusbwGbps: busbw,
+        weightsChecksum: checksum,
+      });
+      if (verifyFailed) throw verifyFailed;
       acc.add(rec);
       if (r.step % cfg.train.log_every === 0)
         log.info({ step: r.step, loss: r.loss, ...acc.flush() }, 'step');
@@ -581,7 +653,7 @@ export class Worker {
     }
     // The last step is committed everywhere that got here: rank 0 hands the final state over.
     if (plan.rank === 0 && !this.interrupted()) {
-      await this.pushChain.catch(() => {});
+      await this.pushing;
       await this.pushFinal(await snapshot(job), plan.generation);
     }
   }
@@ -650,25 +722,82 @@ export class Worker {
     return { x0, labels: r.labels.length > 0 ? Int32Array.from(r.labels) : null, from, n: to - from };
   }
 
-  /** Queues a push behind earlier ones (training goes on; the snapshot is already a copy). */
-  private pushAsync(reason: string, snap: Snapshot, generation: number): void {
-    this.pushChain = this.pushChain
-      .then(() => this.push(reason, snap, generation))
-      .catch((e: unknown) => this.log.warn({ error: (e as Error).message, reason }, 'state push failed'));
+  /**
+   * Queues a push of a snapshot (a copy: training goes on) behind the one in flight. Only the
+   * newest checkpoint and the newest EMA sync wait (a checkpoint carries the EMA too): when pushes
+   * are slower than the steps (a slow or stalled link to the coordinator) older ones are dropped
+   * rather than piling up and reaching the coordinator late. A push is made under the
+   * registration it was taken in: once this worker registered again (fenced: its state
+   * discarded), its older snapshots are not pushed.
+   */
+  private pushAsync(reason: 'checkpoint' | 'ema-sync', snap: Snapshot, generation: number): void {
+    const q: QueuedPush = { reason, snap, generation, workerId: this.workerId };
+    if (reason === 'checkpoint') this.queued = { checkpoint: q, ema: null };
+    else this.queued.ema = q;
+    this.pushing ??= this.drainPushes();
   }
 
-  private async push(reason: string, snap: Snapshot, generation: number): Promise<void> {
+  private async drainPushes(): Promise<void> {
+    try {
+      for (;;) {
+        const q = this.queued.checkpoint ?? this.queued.ema;
+        if (!q) return;
+        if (q === this.queued.checkpoint) this.queued.checkpoint = null;
+        else this.queued.ema = null;
+        if (q.workerId !== this.workerId) continue;
+        try {
+          await this.pushAcrossGenerations(q);
+        } catch (e) {
+          this.log.warn(
+            { error: (e as Error).message, reason: q.reason, step: q.snap.state.step },
+            'state push failed',
+          );
+        }
+      }
+    } finally {
+      this.pushing = null;
+    }
+  }
+
+  /**
+   * A push refused because the coordinator has moved to a newer generation meanwhile (a worker
+   * joined or left while it was in flight) is made again as a member of the new generation: the
+   * snapshot is of a committed step, which every member of the new generation shares.
+   */
+  private async pushAcrossGenerations(q: QueuedPush): Promise<void> {
+    try {
+      await this.push(q.reason, q.snap, q.generation, q.workerId);
+    } catch (e) {
+      if ((e as { code?: number }).code !== 9 /* FAILED_PRECONDITION */) throw e;
+      const until = Date.now() + 5000;
+      while (this.generation <= q.generation && !this.fenced && Date.now() < until) await sleep(50);
+      if (this.generation <= q.generation || this.fenced || this.workerId !== q.workerId) throw e;
+      await this.push(q.reason, q.snap, this.generation, q.workerId);
+    }
+  }
+
+  private async push(
+    reason: string,
+    snap: Snapshot,
+    generation: number,
+    workerId = this.workerId,
+  ): Promise<void> {
     const t0 = performance.now();
     const buf = encodeSnapshot(snap);
-    const r = await this.client.pushState(
-      { workerId: this.workerId, generation, step: snap.state.step, reason },
-      buf,
-    );
+    const r = await this.client.pushState({ workerId, generation, step: snap.state.step, reason }, buf);
     this.log.info(
       { reason, step: r.step, bytes: buf.length, ms: Math.round(performance.now() - t0) },
       'state pushed',
     );
   }
+}
+
+/** A snapshot waiting to be pushed, with the registration and generation it was taken in. */
+interface QueuedPush {
+  reason: 'checkpoint' | 'ema-sync';
+  snap: Snapshot;
+  generation: number;
+  workerId: string;
 }
 
 /** Mean step-time breakdown over the steps since the last log line (what `bench:scaling` reads). */
