@@ -79,6 +79,12 @@ interface K8sObject {
     template?: { metadata?: { labels?: Record<string, string> }; spec: PodSpec };
     endpoints?: { port?: string; honorLabels?: boolean }[];
     podMetricsEndpoints?: { port?: string; honorLabels?: boolean }[];
+    podSelector?: { matchLabels?: Record<string, string> };
+    policyTypes?: string[];
+    ingress?: {
+      from?: { podSelector?: { matchLabels?: Record<string, string> } }[];
+      ports?: { port?: string | number }[];
+    }[];
   };
 }
 interface Selector {
@@ -438,6 +444,42 @@ function checkRendered(objs: K8sObject[], k: Kustomization, what: string): void 
   );
   assert.ok(!labelsMatch(headless.spec?.selector ?? {}, coordLabels));
   assert.ok(headless.spec?.ports?.some((p) => p.port === 7100));
+
+  // NetworkPolicies: gRPC and ring ports only from workers; metrics from anywhere; each named port exists.
+  for (const [policy, pod, labels, closed] of [
+    ['ringdiff-coordinator', coord, coordLabels, 'grpc'],
+    ['ringdiff-workers', worker, workerLabels, 'ring'],
+  ] as const) {
+    const np = one(objs, 'NetworkPolicy', policy);
+    assert.ok(
+      labelsMatch(np.spec?.podSelector?.matchLabels ?? {}, labels),
+      `${what}: ${policy} selects its pods`,
+    );
+    assert.deepEqual(np.spec?.policyTypes, ['Ingress']);
+    const rules = np.spec?.ingress ?? [];
+    const forPort = (name: string) => rules.filter((r) => r.ports?.some((p) => p.port === name));
+    const closedRules = forPort(closed);
+    assert.ok(closedRules.length > 0, `${what}: ${policy} has a rule for ${closed}`);
+    for (const r of closedRules) {
+      assert.ok(r.from && r.from.length > 0, `${what}: ${policy}: ${closed} is not open to everyone`);
+      for (const f of r.from)
+        assert.ok(
+          labelsMatch(f.podSelector?.matchLabels ?? {}, workerLabels) &&
+            !labelsMatch(f.podSelector?.matchLabels ?? {}, coordLabels),
+          `${what}: ${policy}: ${closed} is open to workers only`,
+        );
+    }
+    assert.ok(
+      forPort('metrics').some((r) => r.from === undefined),
+      `${what}: ${policy}: metrics stays open to Prometheus`,
+    );
+    for (const r of rules)
+      for (const p of r.ports ?? [])
+        assert.ok(
+          pod.ports?.some((cp) => cp.name === p.port),
+          `${what}: ${policy}: port ${String(p.port)} is a named port of ${pod.name}`,
+        );
+  }
 
   // One join token: the same Secret key on both sides; no token value in the rendered objects.
   const ct = env(coord, 'RINGDIFF_TOKEN').valueFrom?.secretKeyRef;
