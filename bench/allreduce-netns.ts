@@ -18,6 +18,7 @@
  * and with `--compression none,fp16` the fp16/none time ratio.
  */
 import { spawnSync } from 'node:child_process';
+import { netnsUnavailable } from '../test/netns-harness.js';
 import {
   DEFAULT_BENCH_OPTIONS,
   formatBytes,
@@ -114,20 +115,6 @@ function sh(cmd: string, args: string[]): void {
     throw new Error(`${cmd} ${args.join(' ')}: ${(r.stderr || r.stdout || String(r.error)).trim()}`);
 }
 
-function whyNot(): string | null {
-  if (typeof process.getuid === 'function' && process.getuid() !== 0)
-    return 'needs root (network namespaces, veth, tc)';
-  for (const [cmd, arg] of [
-    ['ip', '-V'],
-    ['tc', '-V'],
-  ] as const) {
-    const r = spawnSync(cmd, [arg], { encoding: 'utf8' });
-    if (r.error || r.status !== 0)
-      return `needs iproute2 ('${cmd}' not usable: ${r.error?.message ?? r.stderr.trim()}); e.g. apt-get install -y iproute2`;
-  }
-  return null;
-}
-
 class Topology {
   readonly prefix: string;
   readonly sw: string;
@@ -180,7 +167,7 @@ class Topology {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const reason = whyNot();
+  const reason = netnsUnavailable();
   if (reason) {
     process.stdout.write(`bench:allreduce:netns skipped: ${reason}\n`);
     return;

@@ -25,6 +25,7 @@
  * difference that is not a fault's.
  * Exits non-zero if any check fails. Needs root and iproute2; elsewhere it says why and exits 0.
  */
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -58,46 +59,45 @@ interface Args {
   sampler: 'uniform' | 'loss-second-moment';
 }
 
+/** A bad command-line option: reported as one line. */
+class ArgError extends Error {}
+
 function parseArgs(argv: string[]): Args {
-  const a: Args = {
-    minutes: 5,
-    seed: 1,
-    steps: 0,
-    hosts: 4,
-    workers: 3,
-    kinds: KINDS,
-    keep: false,
-    tol: 1e-4,
-    sampler: 'uniform',
+  const num = (flag: string) => (v: string) => {
+    const x = Number(v);
+    if (!Number.isFinite(x)) throw new InvalidArgumentError(`${flag} must be a number, not '${v}'`);
+    return x;
   };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i];
-    const v = () => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    if (k === '--minutes') a.minutes = Number(v());
-    else if (k === '--seed') a.seed = Number(v());
-    else if (k === '--steps') a.steps = Number(v());
-    else if (k === '--hosts') a.hosts = Number(v());
-    else if (k === '--workers') a.workers = Number(v());
-    else if (k === '--kinds') a.kinds = v().split(',') as Kind[];
-    else if (k === '--keep') a.keep = true;
-    else if (k === '--tol') a.tol = Number(v());
-    else if (k === '--sampler') a.sampler = v() as Args['sampler'];
-    else throw new Error(`unknown option ${k}`);
-  }
-  if (!(a.minutes > 0)) throw new Error('--minutes must be > 0');
+  const o = new Command('test:chaos')
+    .description('a seeded random fault schedule against a job on an emulated cluster')
+    .option('--minutes <m>', 'how long faults are injected', num('--minutes'), 5)
+    .option('--seed <n>', 'fault schedule seed', num('--seed'), 1)
+    .option('--steps <n>', 'job steps (default: about what it makes in --minutes)', num('--steps'))
+    .option('--hosts <n>', 'emulated hosts (2…16)', num('--hosts'), 4)
+    .option('--workers <n>', 'workers at start (1…hosts)', num('--workers'), 3)
+    .option('--kinds <list>', `fault kinds (${KINDS.join(',')})`, KINDS.join(','))
+    .option('--tol <x>', 'final weight tolerance', num('--tol'), 1e-4)
+    .option('--sampler <s>', 'uniform or loss-second-moment', 'uniform')
+    .option('--keep', 'keep the run directory and logs', false)
+    .exitOverride()
+    .parse(argv, { from: 'user' })
+    .opts<Omit<Args, 'kinds' | 'sampler' | 'steps'> & { kinds: string; sampler: string; steps?: number }>();
+  const a: Args = {
+    ...o,
+    steps: o.steps ?? 0,
+    kinds: o.kinds.split(',') as Kind[],
+    sampler: o.sampler as Args['sampler'],
+  };
+  if (!(a.minutes > 0)) throw new ArgError('--minutes must be > 0');
   // Default: about as many steps as the job makes in the fault window (~35 steps/s here under faults).
   if (a.steps === 0) a.steps = Math.max(1000, Math.round((35 * 60 * a.minutes) / 100) * 100);
-  if (!Number.isInteger(a.steps) || a.steps < 100) throw new Error('--steps must be an integer ≥ 100');
-  if (!Number.isInteger(a.hosts) || a.hosts < 2 || a.hosts > 16) throw new Error('--hosts: 2…16');
+  if (!Number.isInteger(a.steps) || a.steps < 100) throw new ArgError('--steps must be an integer ≥ 100');
+  if (!Number.isInteger(a.hosts) || a.hosts < 2 || a.hosts > 16) throw new ArgError('--hosts: 2…16');
   if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > a.hosts)
-    throw new Error('--workers: 1…hosts');
-  for (const k of a.kinds) if (!KINDS.includes(k)) throw new Error(`--kinds: unknown kind ${k}`);
+    throw new ArgError('--workers: 1…hosts');
+  for (const k of a.kinds) if (!KINDS.includes(k)) throw new ArgError(`--kinds: unknown kind ${k}`);
   if (!['uniform', 'loss-second-moment'].includes(a.sampler))
-    throw new Error('--sampler: uniform or loss-second-moment');
+    throw new ArgError('--sampler: uniform or loss-second-moment');
   return a;
 }
 
@@ -460,6 +460,12 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (e: unknown) => {
+    // commander has printed its own message (or the help) already.
+    if (e instanceof CommanderError) process.exit(e.exitCode);
+    if (e instanceof ArgError) {
+      process.stderr.write(`test:chaos: ${e.message}\n`);
+      process.exit(1);
+    }
     process.stderr.write(`test:chaos: ${(e as Error).stack ?? String(e)}\n`);
     process.exit(1);
   },

@@ -45,6 +45,18 @@ export function spawnRingdiff(
   return { name, child, exit, log };
 }
 
+/** Runs `ringdiff args…` to its end (asynchronously: the caller's event loop goes on); its exit code and output. */
+export function runRingdiffCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => resolve({ code: code ?? 1, out, err }));
+  });
+}
+
 /** A coordinator and its workers, started by hand so that a test can kill and add processes. */
 export class LocalCluster {
   coordinator: Proc | null = null;

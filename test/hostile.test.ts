@@ -15,7 +15,6 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http2 from 'node:http2';
@@ -41,7 +40,7 @@ import { openIdx } from '../src/data/idx.js';
 import { encodeNpy, openNpy } from '../src/data/npy.js';
 import type { Source } from '../src/data/preprocess.js';
 import { ConfigError, loadConfig } from '../src/config/load.js';
-import { BIN, LocalCluster, TOKEN, freePort, spawnRingdiff } from './cluster-harness.js';
+import { LocalCluster, TOKEN, freePort, runRingdiffCli, spawnRingdiff } from './cluster-harness.js';
 
 import pb = ringdiff.v1;
 
@@ -1574,16 +1573,7 @@ cluster:
       if (c.text === null) fs.mkdirSync(f);
       else fs.writeFileSync(f, c.text, c.name.startsWith('m') ? 'latin1' : 'utf8');
       const inProcess = checkConfig(f, c.name);
-      const res = await new Promise<{ code: number; out: string; err: string }>((resolve) => {
-        const child = spawn(process.execPath, [BIN, 'config', '--print', '--config', f], {
-          stdio: ['ignore', 'pipe', 'pipe'],
-        });
-        let out = '';
-        let err = '';
-        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-        child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-        child.on('exit', (code) => resolve({ code: code ?? 1, out, err }));
-      });
+      const res = await runRingdiffCli(['config', '--print', '--config', f]);
       if (inProcess === 'valid') {
         assert.equal(res.code, 0, `${c.name}: ${res.err}`);
         assert.equal(res.err, '', `${c.name}: stderr on success`);

@@ -9,7 +9,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -17,7 +16,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient } from '../src/worker/client.js';
 import type { ringdiff } from '../src/proto-gen/coordinator.js';
-import { BIN, LocalCluster, TOKEN } from './cluster-harness.js';
+import { LocalCluster, TOKEN, runRingdiffCli } from './cluster-harness.js';
 
 const WORKERS = 256;
 const HEARTBEAT_TIMEOUT_MS = 5000;
@@ -65,20 +64,6 @@ async function scrape(address: string): Promise<string> {
   const res = await fetch(`http://${address}/metrics`);
   assert.equal(res.status, 200);
   return res.text();
-}
-
-/** `ringdiff status --json` run as a child process (asynchronously: the heartbeats go on meanwhile). */
-function statusCli(address: string): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, 'status', '--json', '--coordinator', address], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('exit', (code) => resolve({ code: code ?? 1, out, err }));
-  });
 }
 
 const code = async (p: Promise<unknown>): Promise<number> => {
@@ -246,7 +231,7 @@ test(
       loopDelay.disable();
 
       // The CLI's view and the coordinator's metrics, with every worker still connected.
-      const cli = await statusCli(cluster.address);
+      const cli = await runRingdiffCli(['status', '--json', '--coordinator', cluster.address]);
       await new Promise((r) => setTimeout(r, 1100)); // the liveness gauges refresh every second
       const metrics = await scrape(cluster.metricsAddress);
       const declaredDead = readFileSync(coord.log, 'utf8').split('declared dead').length - 1;
@@ -312,6 +297,24 @@ test(
       );
       assert.equal(await Promise.race([coord.exit, late]), 0);
       t.diagnostic(`SIGINT → exit 0 in ${(performance.now() - t1).toFixed(0)} ms`);
+
+      // The flood is counted in full but logged in bounded bursts, the rest summed at close.
+      const entries = readFileSync(coord.log, 'utf8')
+        .split('\n')
+        .flatMap((l) => {
+          try {
+            return [JSON.parse(l) as { msg?: string; suppressed?: number }];
+          } catch {
+            return [];
+          }
+        });
+      const logged = entries.filter((e) => e.msg === 'rpc rejected').length;
+      const suppressed = entries
+        .filter((e) => e.msg === 'rpc rejections not logged')
+        .reduce((n, e) => n + (e.suppressed ?? 0), 0);
+      t.diagnostic(`${BAD_CALLS} rejections: ${logged} log lines, ${suppressed} summed in summary lines`);
+      assert.ok(logged <= 20 * calls.length, `${logged} rejection lines for ${calls.length} methods`);
+      assert.equal(logged + suppressed, BAD_CALLS, 'every rejection is logged or summed');
     } finally {
       closing = true;
       for (const w of workers) {

@@ -55,7 +55,8 @@ export function netnsUnavailable(): string | null {
     ['tc', '-V'],
   ] as const) {
     const r = spawnSync(cmd, [arg], { encoding: 'utf8' });
-    if (r.error || r.status !== 0) return `needs iproute2 ('${cmd}' not usable)`;
+    if (r.error || r.status !== 0)
+      return `needs iproute2 ('${cmd}' not usable: ${r.error?.message ?? r.stderr.trim()}); e.g. apt-get install -y iproute2`;
   }
   const probe = `rdf${process.pid.toString(36)}x0-probe`;
   const r = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });

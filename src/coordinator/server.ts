@@ -51,6 +51,10 @@ export interface CoordinatorOptions {
  */
 export const KEEPALIVE_MS = { time: 2 * 60_000, timeout: 10 * 60_000 };
 
+/** Rejections logged per method and status code per window; the rest are summed in one line. */
+const REJECT_LOG_BURST = 20;
+const REJECT_LOG_WINDOW_MS = 60_000;
+
 /** What the coordinator tells its observers (the metrics module implements it). */
 export interface CoordinatorEvents {
   onReport?(w: { id: string; host: string; rank: number }, r: pb.StepReport, nowMs: number): void;
@@ -97,6 +101,8 @@ export class CoordinatorServer {
   private rate = { step: -1, t: 0, sps: 0 };
   /** Per-worker samples/s from their last report. */
   private readonly workerSps = new Map<string, number>();
+  /** Rejection log lines per method and code in the current window (see `reject`). */
+  private readonly rejectLog = new Map<string, { since: number; logged: number; suppressed: number }>();
 
   constructor(readonly opts: CoordinatorOptions) {
     const keepalive = opts.keepaliveMs ?? KEEPALIVE_MS;
@@ -143,6 +149,13 @@ export class CoordinatorServer {
   /** Stops accepting calls and ends every plan stream; connections still open after `graceMs` are cut. */
   async close(graceMs = 5000): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    for (const [key, w] of this.rejectLog)
+      if (w.suppressed > 0)
+        this.opts.log?.warn(
+          { rejections: key, suppressed: w.suppressed, window_ms: Date.now() - w.since },
+          'rpc rejections not logged',
+        );
+    this.rejectLog.clear();
     for (const s of this.streams.values()) s.end();
     this.streams.clear();
     // A graceful shutdown waits for every connection to close, which one left open by Node after a
@@ -163,7 +176,23 @@ export class CoordinatorServer {
     const key = `${method}:${grpc.status[code]}`;
     this.counters.rejected.set(key, (this.counters.rejected.get(key) ?? 0) + 1);
     this.opts.events?.onRejected?.(method, grpc.status[code]);
-    this.opts.log?.warn({ method, code: grpc.status[code], reason }, 'rpc rejected');
+    // At most REJECT_LOG_BURST lines per method and code per window: a flood of bad calls (wrong
+    // tokens at volume) must not become a flood of log lines; the metric counts every one.
+    const now = Date.now();
+    let w = this.rejectLog.get(key);
+    if (!w || now - w.since >= REJECT_LOG_WINDOW_MS) {
+      if (w && w.suppressed > 0)
+        this.opts.log?.warn(
+          { method, code: grpc.status[code], suppressed: w.suppressed, window_ms: now - w.since },
+          'rpc rejections not logged',
+        );
+      w = { since: now, logged: 0, suppressed: 0 };
+      this.rejectLog.set(key, w);
+    }
+    if (w.logged < REJECT_LOG_BURST) {
+      w.logged++;
+      this.opts.log?.warn({ method, code: grpc.status[code], reason }, 'rpc rejected');
+    } else w.suppressed++;
     throw new RpcError(code, reason);
   }
 
