@@ -96,12 +96,16 @@ test('the coordinator killed and restarted on its run directory: workers rejoin,
     const first = await c.startCoordinator('coordinator-1');
     c.startWorker();
     c.startWorker();
-    await c.waitFor((s) => Number(s.step) >= 60, 'step 60');
+    const before = await c.waitFor((s) => Number(s.step) >= 60, 'step 60');
     first.child.kill('SIGKILL');
     await first.exit;
     const second = await c.startCoordinator('coordinator-2');
     const s = await c.waitFor((x) => x.generation >= 1 && x.workers.length === 2, 'the workers to rejoin');
-    t.diagnostic(`restarted coordinator: workers back at step ${s.step}`);
+    t.diagnostic(
+      `restarted coordinator: workers back at step ${s.step}, generation ${s.generation} (was ${before.generation})`,
+    );
+    // Generation numbers never go back: the new coordinator numbers above what its workers saw.
+    assert.ok(s.generation > before.generation, `generation ${s.generation} after ${before.generation}`);
     assert.equal(await second.exit, 0);
     assert.deepEqual(await Promise.all(c.workers.map((w) => w.exit)), [0, 0]);
   } finally {

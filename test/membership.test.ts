@@ -19,6 +19,18 @@ function make(min = 2, max = 4, timeout = 1000) {
   return new Membership({ minWorkers: min, maxWorkers: max, heartbeatTimeoutMs: timeout }, () => `w${n++}`);
 }
 
+test('a restarted coordinator numbers its generations above those its workers report', () => {
+  const m = make(2);
+  m.noteGeneration(7);
+  m.register(info('a'), 0);
+  m.noteGeneration(9);
+  m.noteGeneration(3);
+  m.register(info('b'), 0);
+  assert.equal(m.nextGeneration().number, 10);
+  m.noteGeneration(4); // a worker of the old coordinator, late: no effect
+  assert.equal(m.nextGeneration().number, 11);
+});
+
 test('rendezvous waits for min_workers, then forms generation 1 with every live worker', () => {
   const m = make(2);
   m.register(info('a'), 0);

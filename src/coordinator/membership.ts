@@ -39,6 +39,8 @@ export class Membership {
   private readonly members = new Map<string, Member>();
   private nextSeq = 0;
   private gen: Generation = { number: 0, ring: [] };
+  /** Generations numbered by an earlier coordinator of the job, as its workers reported them. */
+  private floor = 0;
   /** Workers removed, with why (for metrics and logs). */
   readonly deaths: { id: string; reason: DeathReason; generation: number }[] = [];
 
@@ -132,10 +134,15 @@ export class Membership {
     return this.gen.ring.some((m) => !this.members.has(m.id));
   }
 
+  /** Notes a generation a worker took part in (under an earlier coordinator): later ones are numbered above it. */
+  noteGeneration(g: number): void {
+    if (g > this.floor) this.floor = g;
+  }
+
   /** Starts the next generation with every live worker; ring order puts workers of a host together. */
   nextGeneration(): Generation {
     this.stale = false;
-    this.gen = { number: this.gen.number + 1, ring: ringOrder(this.alive()) };
+    this.gen = { number: Math.max(this.gen.number, this.floor) + 1, ring: ringOrder(this.alive()) };
     return this.gen;
   }
 }

@@ -238,7 +238,10 @@ export class CoordinatorServer {
       bad('ring_endpoint', `'${r.ringEndpoint}' is not tcp://host:port or ipc://path`);
     if (this.opts.curve && !Z85_KEY.test(r.curvePublicKey))
       bad('curve_public_key', 'a 40-character Z85 key is required');
+    // Generations are uint32 on the wire: leave room for a long job's worth after the one reported.
+    if (r.lastGeneration > 2 ** 31) bad('last_generation', `${r.lastGeneration} is too large`);
     if (this.finished) this.reject('Register', grpc.status.FAILED_PRECONDITION, 'the job has finished');
+    this.membership.noteGeneration(r.lastGeneration);
     let m: Member;
     try {
       m = this.membership.register(

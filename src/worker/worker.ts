@@ -311,6 +311,7 @@ export class Worker {
       committedStep: this.job ? this.job.state.step : -1,
       pid: process.pid,
       hasData: this.loader !== null,
+      lastGeneration: this.generation,
     });
     this.workerId = reg.workerId;
     this.fenced = false;
