@@ -2,7 +2,7 @@
  * The ring all-reduce side by side with PyTorch's Gloo all-reduce on this machine (issue 5).
  *
  *   node dist/bench/allreduce-gloo.js [--ranks 2,4] [--sizes 16M,64M] [--rounds 3] [--iters 10]
- *       [--chunk 1M] [--kernels native,js] [--python /usr/bin/python3]
+ *       [--chunk 1M] [--kernels native,js] [--shm auto,off] [--python /usr/bin/python3]
  *       [--gloo /work/shared/anchors/gloo_allreduce.py]
  *
  * A shared, noisy host swings 2-3x from minute to minute, so a lone figure means little: every
@@ -10,7 +10,9 @@
  * the Gloo anchor (`gloo_allreduce.py`) for each world size, back to back, and the summary gives,
  * per world size and buffer size, the median over rounds of each busbw and of the per-round ratio
  * ring/Gloo. `--kernels native,js` runs the ring once per kernel set (RINGDIFF_RING_KERNELS in the
- * children's environment; `js` is the ring without the addon) in every round.
+ * children's environment; `js` is the ring without the addon) in every round. `--shm auto,off`
+ * likewise runs the ring with its shared-memory payload path ('auto', the default) and without it
+ * ('off': every payload through the ipc:// sockets), side by side in every round.
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -33,6 +35,7 @@ interface Args {
   python: string;
   gloo: string;
   kernels: string[];
+  shm: Array<'auto' | 'off'>;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -45,6 +48,7 @@ function parseArgs(argv: string[]): Args {
     python: '/usr/bin/python3',
     gloo: '/work/shared/anchors/gloo_allreduce.py',
     kernels: ['native'],
+    shm: ['auto'],
   };
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i];
@@ -58,7 +62,12 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--python') a.python = v;
     else if (k === '--gloo') a.gloo = v;
     else if (k === '--kernels') a.kernels = v.split(',');
-    else throw new Error(`unknown option ${k}`);
+    else if (k === '--shm') {
+      a.shm = v.split(',').map((x) => {
+        if (x !== 'auto' && x !== 'off') throw new Error(`--shm: expected auto and/or off, got ${x}`);
+        return x;
+      });
+    } else throw new Error(`unknown option ${k}`);
   }
   return a;
 }
@@ -99,18 +108,20 @@ async function main(): Promise<void> {
   for (let round = 0; round < a.rounds; round++) {
     for (const n of a.ranks) {
       const reports = [];
-      for (const kernels of a.kernels) {
-        process.env.RINGDIFF_RING_KERNELS = kernels;
-        reports.push({
-          kernels,
-          rep: await runAllreduceBench({
+      for (const k of a.kernels) {
+        for (const shm of a.shm) {
+          process.env.RINGDIFF_RING_KERNELS = k;
+          const rep = await runAllreduceBench({
             ...DEFAULT_BENCH_OPTIONS,
             ranks: n,
             sizes: a.sizes,
             iters: a.iters,
             chunkBytes: a.chunkBytes,
-          }),
-        });
+            sharedMemory: shm,
+          });
+          // The label says what ran: 'native+shm', or 'native' for the socket path.
+          reports.push({ kernels: rep.shared_memory ? `${k}+shm` : k, rep });
+        }
       }
       const gloo = runGloo(a, n);
       for (const { kernels, rep } of reports) {
@@ -131,14 +142,14 @@ async function main(): Promise<void> {
   }
   const f = (x: number) => x.toFixed(3);
   console.log(`ring vs Gloo busbw (GB/s), medians over ${a.rounds} rounds, ${a.iters} calls each`);
-  console.log('kernels ranks     size   ring   gloo  ring/gloo (min-max)    p2p  ring/p2p');
+  console.log('path       ranks     size   ring   gloo  ring/gloo (min-max)    p2p  ring/p2p');
   for (const [key, r] of rows) {
     const [kernels, nStr, sizeStr] = key.split(' ') as [string, string, string];
     const n = Number(nStr);
     const size = Number(sizeStr);
     const p2p = r.p2p.length ? median(r.p2p) : NaN;
     console.log(
-      `${kernels.padEnd(7)} ${String(n).padStart(5)} ${formatBytes(size).padStart(8)} ${f(median(r.ring))} ${f(median(r.gloo))}  ${median(r.ratio).toFixed(2).padStart(9)} (${Math.min(...r.ratio).toFixed(2)}-${Math.max(...r.ratio).toFixed(2)})  ${f(p2p)}  ${(median(r.ring) / p2p).toFixed(2).padStart(8)}`,
+      `${kernels.padEnd(10)} ${String(n).padStart(5)} ${formatBytes(size).padStart(8)} ${f(median(r.ring))} ${f(median(r.gloo))}  ${median(r.ratio).toFixed(2).padStart(9)} (${Math.min(...r.ratio).toFixed(2)}-${Math.max(...r.ratio).toFixed(2)})  ${f(p2p)}  ${(median(r.ring) / p2p).toFixed(2).padStart(8)}`,
     );
   }
 }

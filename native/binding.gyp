@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "ringdiff_native",
-      "sources": ["src/addon.cc", "src/kernels.cc", "src/elementwise.cc", "src/ring.cc"],
+      "sources": ["src/addon.cc", "src/kernels.cc", "src/elementwise.cc", "src/ring.cc", "src/shm.cc"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -3,13 +3,11 @@
  * (test/fixtures/ring-peer.ts children over ipc:// and tcp:// on this machine only), failures
  * (SIGKILL mid-operation, a new generation among the survivors), dropped frames and CURVE.
  */
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import {
   Encoding,
@@ -20,138 +18,30 @@ import {
   type FrameHeader,
 } from '../src/allreduce/frame.js';
 import { bitsToHalf, halfTable, toHalf, encodeF16, decodeF16 } from '../src/allreduce/fp16.js';
-import { Ring, pickAddress, z85Encode, type RingOptions } from '../src/allreduce/ring.js';
+import { Ring, pickAddress, z85Encode } from '../src/allreduce/ring.js';
 import { RingConfigError } from '../src/allreduce/errors.js';
 import { parseSizes } from '../src/allreduce/bench.js';
 import { jsKernels, kernels, resetKernels, setKernels, type RingKernels } from '../src/allreduce/reduce.js';
 import { loadNativeKernels } from '../src/allreduce/native.js';
 import { freePort } from '../src/util/net.js';
+import {
+  allReduceAll,
+  ipcAddresses,
+  openRing,
+  ringOpts,
+  startPeers,
+  stopPeers,
+  type Peer,
+  type Reply,
+} from './ring-peers.js';
 
-const PEER = fileURLToPath(new URL('./fixtures/ring-peer.js', import.meta.url));
 const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-ring-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 // ---------------------------------------------------------------------------------------------
 // Peer processes
 
-type Reply = { ok: boolean; error?: { name: string; code: string; message: string }; [k: string]: unknown };
-
-class Peer {
-  private id = 0;
-  private pending = new Map<number, (r: Reply) => void>();
-  exited: Promise<number>;
-  exitedAt = 0;
-  constructor(readonly proc: ChildProcess) {
-    proc.on('message', (raw: unknown) => {
-      const m = raw as Reply & { id?: number };
-      if (m.id === undefined) return;
-      const p = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      p?.(m);
-    });
-    this.exited = new Promise((resolve) =>
-      proc.on('exit', () => {
-        this.exitedAt = performance.now();
-        for (const p of this.pending.values())
-          p({ ok: false, error: { name: 'Exit', code: 'EXIT', message: 'peer exited' } });
-        this.pending.clear();
-        resolve(0);
-      }),
-    );
-  }
-  call(cmd: string, args: Record<string, unknown> = {}): Promise<Reply> {
-    const id = ++this.id;
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve);
-      this.proc.send({ id, cmd, ...args });
-    });
-  }
-  async ok(cmd: string, args: Record<string, unknown> = {}): Promise<Reply> {
-    const r = await this.call(cmd, args);
-    if (!r.ok) assert.fail(`${cmd} failed: ${r.error?.name}: ${r.error?.message}`);
-    return r;
-  }
-}
-
-const allPeers: Peer[] = [];
-after(() => {
-  for (const p of allPeers) p.proc.kill('SIGKILL');
-});
-
-async function startPeers(n: number, env: NodeJS.ProcessEnv = {}): Promise<Peer[]> {
-  const peers = await Promise.all(
-    Array.from({ length: n }, () => {
-      const proc = fork(PEER, [], {
-        env: { ...process.env, RINGDIFF_RING_PEER: '1', ...env },
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      });
-      const peer = new Peer(proc);
-      allPeers.push(peer);
-      return new Promise<Peer>((resolve, reject) => {
-        proc.once('message', () => resolve(peer));
-        proc.once('error', reject);
-      });
-    }),
-  );
-  return peers;
-}
-
-async function stopPeers(peers: Peer[]): Promise<void> {
-  await Promise.all(
-    peers.map((p) => (p.proc.exitCode === null && p.proc.signalCode === null ? p.call('exit') : null)),
-  );
-  await Promise.all(peers.map((p) => p.exited));
-}
-
-let addrSeq = 0;
-function ipcAddrs(n: number): string[] {
-  const g = ++addrSeq;
-  return Array.from({ length: n }, (_, r) => `ipc://${path.join(dir, `g${g}-r${r}.sock`)}`);
-}
-
-function ringOpts(addrs: string[], r: number, extra: Partial<RingOptions> = {}): RingOptions {
-  const n = addrs.length;
-  return {
-    jobId: 'test-job',
-    rank: r,
-    worldSize: n,
-    generation: 1,
-    bindAddress: addrs[r] as string,
-    successorAddress: addrs[(r + 1) % n] as string,
-    timeoutMs: 20_000,
-    ...extra,
-  };
-}
-
-async function openRing(
-  peers: Peer[],
-  addrs: string[],
-  extra: Partial<RingOptions> | ((r: number) => Partial<RingOptions>) = {},
-) {
-  await Promise.all(
-    peers.map((p, r) =>
-      p.ok('open', { opts: ringOpts(addrs, r, typeof extra === 'function' ? extra(r) : extra) }),
-    ),
-  );
-}
-
-/** Runs one all-reduce on every peer; checks tolerance and that all ranks hold the same bits. */
-async function allReduceAll(
-  peers: Peer[],
-  length: number,
-  op: 'sum' | 'mean',
-  seed: number,
-): Promise<number> {
-  const rs = await Promise.all(peers.map((p) => p.ok('allreduce', { length, op, seed })));
-  const hashes = new Set(rs.map((r) => r.hash));
-  assert.equal(hashes.size, 1, `ranks disagree (N=${peers.length}, length ${length}, ${op})`);
-  for (const r of rs)
-    assert.ok(
-      (r.worst as number) <= 1,
-      `error ${r.maxErr} beyond tolerance (ratio ${r.worst}) N=${peers.length} length ${length} ${op}`,
-    );
-  return rs[0]?.hash as number;
-}
+const ipcAddrs = ipcAddresses(dir);
 
 // ---------------------------------------------------------------------------------------------
 // Units
@@ -627,11 +517,12 @@ describe('failures', { timeout: 120_000 }, () => {
     const timeoutMs = 1500;
     const peers = await startPeers(n);
     const addrs = ipcAddrs(n);
-    // The victim kills itself (SIGKILL) on its 40th accepted frame: inside the second call.
+    // The victim kills itself (SIGKILL) on its 40th accepted frame: inside the second call (one
+    // chunk per frame also through shared memory, which otherwise sends several per frame).
     await Promise.all(
       peers.map((p, r) =>
         p.ok('open', {
-          opts: ringOpts(addrs, r, { timeoutMs, chunkBytes: 4096 }),
+          opts: ringOpts(addrs, r, { timeoutMs, chunkBytes: 4096, sharedMemoryFrameBytes: 4096 }),
           killAtFrame: r === victim ? 40 : undefined,
         }),
       ),

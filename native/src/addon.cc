@@ -9,6 +9,7 @@
 #include "elementwise.h"
 #include "kernels.h"
 #include "ring.h"
+#include "shm.h"
 
 extern "C" {
 int openblas_get_num_threads(void);
@@ -354,6 +355,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("info", Napi::Function::New(env, Info));
   rd::ring::exportRing(env, exports);
+  rd::shm::exportShm(env, exports);
   return exports;
 }
 

@@ -74,6 +74,11 @@ export interface AllreduceBenchOptions {
   encryption: 'none' | 'curve';
   /** auto: ipc:// between processes of one host, tcp:// between hosts. */
   transport: 'auto' | 'ipc' | 'tcp';
+  /**
+   * The ring's `sharedMemory` option (payloads through /dev/shm between ranks of one host over
+   * ipc://). Default 'auto'; RINGDIFF_RING_SHM=off in the environment also turns it off.
+   */
+  sharedMemory?: 'auto' | 'off';
   chunkBytes: number;
   timeoutMs: number;
   /** Measure raw point-to-point throughput too. */
@@ -108,6 +113,9 @@ export interface SizeResult {
 export interface AllreduceBenchReport {
   ranks: number;
   transport: string;
+  /** Whether rank 0 sent its all-reduce payloads through shared memory (else: why not). */
+  shared_memory: boolean;
+  shared_memory_reason: string | null;
   chunk_bytes: number;
   compression: string;
   encryption: string;
@@ -274,6 +282,7 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
       timeoutMs: o.timeoutMs,
       compression: o.compression,
       encryption: o.encryption,
+      sharedMemory: o.sharedMemory ?? 'auto',
       curve:
         o.encryption === 'curve'
           ? {
@@ -351,10 +360,16 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
         `${formatBytes(size)}: ${timeMs.toFixed(2)} ms, busbw ${busbw.toFixed(3)} GB/s, cpu/rank ${res.cpu_ms_per_rank.toFixed(1)} ms${res.ok ? '' : ' MISMATCH'}`,
       );
     }
+    const shm =
+      n > 1
+        ? ((await call(children[0] as Child, 'stats')).shm as { active: boolean; reason: string | null })
+        : null;
     await Promise.all(children.map((c) => call(c, 'close')));
     return {
       ranks: n,
       transport,
+      shared_memory: shm?.active ?? false,
+      shared_memory_reason: shm ? shm.reason : 'worldSize 1',
       chunk_bytes: o.chunkBytes,
       compression: o.compression,
       encryption: o.encryption,
@@ -396,7 +411,7 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
 export function formatReport(r: AllreduceBenchReport): string {
   const lines: string[] = [];
   lines.push(
-    `ring all-reduce: ${r.ranks} ranks, ${r.transport}, chunk ${formatBytes(r.chunk_bytes)}, compression ${r.compression}, encryption ${r.encryption}, ${r.warmup} warm-up + ${r.iters} timed calls per size`,
+    `ring all-reduce: ${r.ranks} ranks, ${r.transport}${r.shared_memory ? ' + shared memory' : ` (shared memory off: ${r.shared_memory_reason})`}, chunk ${formatBytes(r.chunk_bytes)}, compression ${r.compression}, encryption ${r.encryption}, ${r.warmup} warm-up + ${r.iters} timed calls per size`,
   );
   if (r.p2p_GBps !== null)
     lines.push(
@@ -522,6 +537,9 @@ async function childMain(): Promise<void> {
         }
       }
       return { times, okAll, worst, cpuMs: cpu / iters };
+    },
+    async stats() {
+      return { shm: ring?.stats().shm ?? null };
     },
     async close() {
       await ring?.close();

@@ -11,9 +11,18 @@
  * 2. the payload: `count` little-endian float32 (`F32`), IEEE binary16 (`F16`) values or bytes
  *    (`BYTES`); for `ABORT` a UTF-8 reason; empty for `DONE`.
  *
+ * Shared-memory frames (all-reduce data between ranks of one host, see ring.ts): the header also
+ * names a segment (`shm_segment`) and the byte offset of the payload in it (`shm_offset`, a double
+ * holding an integer); the payload frame is then empty and the `count × element size` bytes at
+ * that offset are the payload. (Receivers of an older version ignore the two fields, as proto3
+ * does with unknown fields, and then drop the frame for its empty payload.)
+ *
  * A receiver drops (and counts, see `RingCounters`) any message that is not two frames, whose
  * header does not decode or has out-of-range enums, whose payload size does not match
- * `count × element size`, whose job id differs, or whose generation differs from its own.
+ * `count × element size` (for a shared-memory frame: that is not empty, whose phase is not
+ * REDUCE_SCATTER / ALL_GATHER, whose encoding is not F32 / F16, whose offset is not a multiple of
+ * the element size, or whose segment name is not of the form shm.ts produces), whose job id
+ * differs, or whose generation differs from its own. The ring then checks the segment itself.
  */
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
@@ -49,7 +58,17 @@ export interface FrameHeader {
   length: number;
   chunks: number;
   root: number;
+  /** Shared-memory frames only: the segment in /dev/shm that holds the payload. */
+  shmSegment?: string;
+  /** Shared-memory frames only: byte offset of the payload in the segment. */
+  shmOffset?: number;
 }
+
+/** Longest segment name accepted (shm.ts produces about 90 characters). */
+const MAX_SEGMENT_NAME = 200;
+/** Every name shm.ts produces (the ring then checks the exact one its predecessor may use). */
+export const SEGMENT_NAME_RE =
+  /^ringdiff-[A-Za-z0-9_]{1,24}_[0-9a-f]{8}-g\d{1,10}-r\d{1,5}-p\d{1,10}-[0-9a-f]{16}$/;
 
 /** Where `proto/ring.proto` lives relative to this module (dist/src/allreduce or src/allreduce). */
 function protoPath(): string {
@@ -123,12 +142,24 @@ export function decodeHeader(buf: Uint8Array): FrameHeader | null {
     'root',
   ] as const)
     if (!isU32(h[k])) return null;
+  const seg = m.shmSegment;
+  if (typeof seg === 'string' && seg.length > 0) {
+    const off = m.shmOffset;
+    if (seg.length > MAX_SEGMENT_NAME || !SEGMENT_NAME_RE.test(seg)) return null;
+    if (typeof off !== 'number' || !Number.isSafeInteger(off) || off < 0) return null;
+    if (h.phase !== Phase.REDUCE_SCATTER && h.phase !== Phase.ALL_GATHER) return null;
+    if (h.encoding !== Encoding.F32 && h.encoding !== Encoding.F16) return null;
+    if (off % ELEMENT_BYTES[h.encoding] !== 0) return null;
+    h.shmSegment = seg;
+    h.shmOffset = off;
+  }
   return h;
 }
 
 /** A decoded, size-checked message. */
 export interface Frame {
   header: FrameHeader;
+  /** For a shared-memory frame: empty as received; the ring replaces it by a view of the segment. */
   payload: Buffer;
 }
 
@@ -140,7 +171,12 @@ export function decodeMessage(parts: Buffer[]): DecodeResult {
   const [hb, payload] = parts as [Buffer, Buffer];
   const header = decodeHeader(hb);
   if (!header) return { ok: false, reason: 'header' };
-  if (header.phase !== Phase.ABORT && payload.byteLength !== header.count * ELEMENT_BYTES[header.encoding])
+  if (header.shmSegment !== undefined) {
+    if (payload.byteLength !== 0) return { ok: false, reason: 'payload' };
+  } else if (
+    header.phase !== Phase.ABORT &&
+    payload.byteLength !== header.count * ELEMENT_BYTES[header.encoding]
+  )
     return { ok: false, reason: 'payload' };
   return { ok: true, frame: { header, payload } };
 }

@@ -1,7 +1,8 @@
 /**
  * Native ring kernels: the SIMD (AVX2, F16C) versions of the kernels of `reduce.ts`, from the
  * N-API addon in native/ (native/src/ring.cc), plus `release`, which frees a received frame at
- * once instead of at V8's next garbage collection.
+ * once instead of at V8's next garbage collection; and the shared-memory segment functions of
+ * native/src/shm.cc (`loadShmAddon`, used by shm.ts).
  *
  * Importing `ring.ts` installs them (`installNativeKernels`) when the addon is built, unless
  * RINGDIFF_RING_KERNELS=js; without the addon the ring runs on the pure-JS kernels, with the
@@ -54,21 +55,63 @@ function findAddon(): string | null {
   return null;
 }
 
+/** The addon module, required once (null with the reason when it is missing or fails to load). */
+let addon: { module: Record<string, unknown> | null; reason: string | null } | undefined;
+
+function requireAddon(): { module: Record<string, unknown> | null; reason: string | null } {
+  if (addon) return addon;
+  const path = findAddon();
+  if (!path)
+    return (addon = {
+      module: null,
+      reason: `native addon not built (${ADDON_PATH} missing; run npm run build:native)`,
+    });
+  try {
+    return (addon = {
+      module: createRequire(import.meta.url)(path) as Record<string, unknown>,
+      reason: null,
+    });
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    return (addon = { module: null, reason: `native addon failed to load: ${msg.split('\n')[0] ?? msg}` });
+  }
+}
+
+/** The shared-memory part of the addon's exports (native/src/shm.cc); see shm.ts. */
+export interface ShmAddon {
+  /** Creates /dev/shm/<name> (0600, exclusive, pages allocated) of `bytes` bytes; a read-write mapping. */
+  shmCreate(name: string, bytes: number): ArrayBuffer;
+  /** Maps /dev/shm/<name> read-only (own regular 0600 file of 1 … maxBytes bytes). */
+  shmOpen(name: string, maxBytes: number): ArrayBuffer;
+  /** Detaches a mapping's ArrayBuffer (its views become empty) and unmaps it; false if it was not one. */
+  shmUnmap(mapping: ArrayBuffer): boolean;
+  /** Removes /dev/shm/<name>; false if it did not exist. */
+  shmUnlink(name: string): boolean;
+}
+
+/** The addon's shared-memory functions, or null with the reason (then the ring uses sockets only). */
+export function loadShmAddon(): { shm: ShmAddon | null; reason: string | null } {
+  const { module: m, reason } = requireAddon();
+  if (!m) return { shm: null, reason };
+  if (
+    typeof m.shmCreate !== 'function' ||
+    typeof m.shmOpen !== 'function' ||
+    typeof m.shmUnmap !== 'function' ||
+    typeof m.shmUnlink !== 'function'
+  )
+    return { shm: null, reason: 'native addon predates shared memory (run npm run build:native)' };
+  return { shm: m as unknown as ShmAddon, reason: null };
+}
+
 let loaded: { kernels: RingKernels | null; status: NativeKernelsStatus } | undefined;
 
 /** The native kernel set, loaded once (null with the reason when unavailable). */
 export function loadNativeKernels(): { kernels: RingKernels | null; status: NativeKernelsStatus } {
   if (loaded) return loaded;
   const fail = (reason: string) => (loaded = { kernels: null, status: { ok: false, reason, simd: null } });
-  const path = findAddon();
-  if (!path) return fail(`native addon not built (${ADDON_PATH} missing; run npm run build:native)`);
-  let a: Partial<RingAddon>;
-  try {
-    a = createRequire(import.meta.url)(path) as Partial<RingAddon>;
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    return fail(`native addon failed to load: ${msg.split('\n')[0] ?? msg}`);
-  }
+  const { module: mod, reason } = requireAddon();
+  if (!mod) return fail(reason ?? 'native addon unavailable');
+  const a = mod as Partial<RingAddon>;
   if (typeof a.ringAdd3 !== 'function' || typeof a.ringRelease !== 'function' || !a.ringInfo)
     return fail('native addon predates the ring kernels (run npm run build:native)');
   const r = a as RingAddon;

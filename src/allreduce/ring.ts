@@ -61,6 +61,59 @@
  * Processes that run a ring should be started with `RING_MALLOC_ENV` (bench.ts) in their
  * environment, or glibc may hand out fresh pages (and page faults) for every frame.
  *
+ * ## Shared memory (ranks on one host)
+ * When the successor's address is ipc:// (`pickAddress` chooses it only for a peer on this host),
+ * encryption is not 'curve', `sharedMemory` is 'auto' (env RINGDIFF_RING_SHM=off overrides) and
+ * the native addon is built, all-reduce payloads do not go through the socket: the rank writes
+ * them into a segment it created in /dev/shm (shm.ts: mode 0600, a name with the job, generation,
+ * rank, pid and a random nonce) and sends only the header, which names the segment and the offset
+ * (frame.ts); the payload frame is empty. Receivers map other ranks' segments read-only and read
+ * payloads straight from them. ZeroMQ still carries every header, in order, so everything above
+ * (ordering, DONE round, ABORT, timeouts, generations, dropping) is unchanged. The data is touched:
+ *   - step 0: the rank's own segment is copied (fp16: converted) into its slot;
+ *   - reduce-scatter steps s < N−2: received slot + caller's buffer → the next slot (one add,
+ *     written straight into this rank's segment);
+ *   - the last reduce-scatter step: received slot + caller's buffer → caller's buffer (the final
+ *     value; fp16: formed in the slot, then widened into the buffer), copied into the slot;
+ *   - all-gather: received slot → caller's buffer, and the header goes on unchanged — it still
+ *     names the slot of the rank that formed the final value, so all-gather moves no payload
+ *     bytes between ranks at all: every rank reads each final segment from its owner's segment.
+ * A frame through shared memory covers several consecutive chunks of its step (whole chunks,
+ * about `sharedMemoryFrameBytes`, default 8 MiB of float32; its `count` tells the receiver how
+ * many): without payload bytes to stream through a socket, small frames only cost per-frame work
+ * on every rank. A receiver that passes such a frame on through the socket splits it into chunks.
+ * Results are bit-identical to the socket path (the same kernels on the same operands, in the
+ * same order; copies preserve bits). The ring always accepts shared-memory frames (whatever its own
+ * `sharedMemory`), so ranks that send through the socket and ranks that do not can share a ring.
+ *
+ * Slots and their reuse. Each call lays out one region per step 0 … N−1 (the segment that step
+ * sends, chunks contiguous; ≈ the buffer size in all, half with fp16) from the start of the
+ * rank's segment, so no slot is written twice within a call. The segment is created by the first
+ * call that needs it and replaced by a larger one (at least double, at most `sharedMemoryBytes`,
+ * default 1 GiB) when a call needs more; steps that do not fit under the cap go through the
+ * socket, so memory stays bounded for any model size (≈ N × the cap per host). A slot is
+ * rewritten (or its segment replaced) only by a later call of the same rank, and a call starts
+ * only after the previous one resolved on that rank, i.e. after the DONE round: the rank has
+ * received the DONE token of every other rank, each sent only after that rank processed all its
+ * data frames of the call — and processing a frame reads its slot synchronously, to the last
+ * byte, before anything else runs. So every read of every slot (by the successor, and by the
+ * all-gather readers further round) happened before the slot is rewritten. Receivers replace
+ * their mapping of a rank's segment when a header names a new one — by the same argument, after
+ * their last read of the old one; the old file was already unlinked by its creator.
+ *
+ * What a receiver checks before it reads (else the frame is dropped and counted as malformed,
+ * like any malformed frame): the frame decoder checks the name's form, that the phase is a data
+ * phase, the encoding F32/F16, the offset an aligned integer and the payload frame empty; then the
+ * ring checks that the name is one the right rank of this job and generation may have created
+ * (the predecessor for reduce-scatter, any other rank for all-gather), that the frame comes from
+ * the predecessor, and that offset + count × element size lies inside the mapping. The addon opens
+ * only a regular file of this user, mode 0600, directly in /dev/shm, without following symlinks or
+ * blocking on a FIFO. Limits: a process of the same user can write into (or truncate: SIGBUS) a
+ * segment, as it could ptrace the rank; injected data is no worse than injecting on the socket,
+ * which is what CURVE is for (and with CURVE, payloads stay on the socket). A segment is unlinked
+ * when its ring closes, by the other ranks' rings when they close (its creator may have died), at
+ * process exit, or by a later segment creation on the host once its process is gone (shm.ts).
+ *
  * ## Failure semantics
  * Every call rejects with a `RingError` (see `errors.ts`): `RingTimeoutError` when no frame
  * arrives from the predecessor for `timeoutMs` while the call waits for one, `RingAbortedError`
@@ -86,9 +139,27 @@ import {
   RingProtocolError,
   RingTimeoutError,
 } from './errors.js';
-import { Encoding, Phase, decodeMessage, encodeHeader, type Frame, type FrameHeader } from './frame.js';
+import {
+  ELEMENT_BYTES,
+  Encoding,
+  Phase,
+  decodeMessage,
+  encodeHeader,
+  type Frame,
+  type FrameHeader,
+} from './frame.js';
 import { installNativeKernels, type NativeKernelsStatus } from './native.js';
 import { kernels } from './reduce.js';
+import {
+  OwnSegment,
+  PeerSegment,
+  SLOT_ALIGN,
+  segmentName,
+  segmentPattern,
+  shmApi,
+  shmUnavailableReason,
+  shmWanted,
+} from './shm.js';
 
 /**
  * The native (SIMD) kernels, installed when this module is loaded if the addon is built and
@@ -140,6 +211,26 @@ export interface RingOptions {
   closeLingerMs?: number;
   /** SO_SNDBUF / SO_RCVBUF in bytes (0: the OS default). Default 0. */
   socketBufferBytes?: number;
+  /**
+   * All-reduce payloads to an ipc:// successor (same host) through a shared-memory segment instead
+   * of the socket ('auto', the default, when the native addon is built and encryption is not
+   * 'curve'), or always through the socket ('off'). Env RINGDIFF_RING_SHM=off forces 'off'. Only
+   * the sending side is affected: a ring always accepts shared-memory frames from its predecessor.
+   */
+  sharedMemory?: 'auto' | 'off';
+  /**
+   * Upper bound of this rank's segment, bytes (default 1 GiB). An all-reduce of B bytes (float32;
+   * half with fp16) needs about 2(N−1)/N · B; steps that do not fit go through the socket.
+   */
+  sharedMemoryBytes?: number;
+  /**
+   * Float32 bytes of payload per shared-memory frame, rounded down to whole chunks (at least one);
+   * default 8 MiB. With no payload to stream through a socket, small chunks only cost per-frame
+   * work (a ZeroMQ message and an event-loop turn on each rank), so such frames cover several
+   * chunks (measured here, 4 ranks, 64 MiB: 1 MiB frames cost ~55 ms of CPU per rank and call,
+   * 4-8 MiB ~35 ms). Ranks may differ: a receiver follows its sender's frames.
+   */
+  sharedMemoryFrameBytes?: number;
   /** Diagnostic hook: called with every accepted data frame before it is processed. */
   onFrame?: (h: FrameHeader) => void;
 }
@@ -165,6 +256,21 @@ export interface RingCounters {
   };
   /** CURVE clients refused by the ZAP handler. */
   authDenied: number;
+  /** The shared-memory payload path (included in the frame and byte counts above). */
+  shm: {
+    /** Whether this rank sends payloads through shared memory; why not otherwise. */
+    active: boolean;
+    reason: string | null;
+    /** Size of this rank's segment, bytes (0: none yet). */
+    segmentBytes: number;
+    /** Data frames whose payload went / came through a segment, and their payload bytes. */
+    framesSent: number;
+    bytesSent: number;
+    framesReceived: number;
+    bytesReceived: number;
+    /** Data frames sent through the socket because the segment was too small for their step. */
+    overflowFrames: number;
+  };
   /** Collectives completed. */
   completed: number;
 }
@@ -368,6 +474,12 @@ const DEFAULT_CHUNK_BYTES = 1 << 20;
 /** Bytes a received frame may exceed `chunkBytes` by (headers and ABORT reasons are far smaller). */
 const MAX_FRAME_SLACK = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_SHM_BYTES = 1 << 30;
+/** Default `sharedMemoryFrameBytes`. */
+const DEFAULT_SHM_FRAME_BYTES = 8 << 20;
+/** Segments grow in steps of at least this many bytes (fewer re-creations for growing calls). */
+const SHM_GRANULE = 1 << 20;
+const EMPTY = Buffer.alloc(0);
 
 export class Ring {
   readonly rank: number;
@@ -389,6 +501,16 @@ export class Ring {
     dropped: { foreignJob: 0, staleGeneration: 0, futureGeneration: 0, malformed: 0, unexpected: 0 },
     authDenied: 0,
     completed: 0,
+    shm: {
+      active: false,
+      reason: null,
+      segmentBytes: 0,
+      framesSent: 0,
+      bytesSent: 0,
+      framesReceived: 0,
+      bytesReceived: 0,
+      overflowFrames: 0,
+    },
   };
   private push: zmq.Push | undefined;
   private pull: zmq.Pull | undefined;
@@ -413,6 +535,16 @@ export class Ring {
   private timer: NodeJS.Timeout | undefined;
   private recvDone: Promise<void> = Promise.resolve();
   private scratchBuf: Float32Array | null = null;
+  /** Whether all-reduce payloads to the successor go through shared memory (fixed at open). */
+  private shmSend = false;
+  private readonly shmCap: number;
+  /** @internal Float32 bytes per shared-memory frame (see `sharedMemoryFrameBytes`). */
+  readonly shmFrameBytes: number;
+  /** This rank's segment (created by the first all-reduce that uses it; replaced when too small). */
+  private shmOut: OwnSegment | null = null;
+  /** Other ranks' segments as mapped here, by rank, and the only names they may have. */
+  private readonly shmPeers = new Map<number, PeerSegment>();
+  private readonly shmPeerPattern: RegExp;
 
   private constructor(o: RingOptions) {
     const intIn = (name: string, v: unknown, lo: number, hi: number) => {
@@ -457,6 +589,36 @@ export class Ring {
     )
       throw new RingConfigError('successorAddress is required when worldSize > 1');
     this.onFrame = o.onFrame;
+    const shmMode = o.sharedMemory ?? 'auto';
+    if (shmMode !== 'auto' && shmMode !== 'off')
+      throw new RingConfigError(`sharedMemory must be 'auto' or 'off'`);
+    this.shmCap = intIn('sharedMemoryBytes', o.sharedMemoryBytes ?? DEFAULT_SHM_BYTES, 0, 2 ** 40);
+    this.shmFrameBytes = intIn(
+      'sharedMemoryFrameBytes',
+      o.sharedMemoryFrameBytes ?? DEFAULT_SHM_FRAME_BYTES,
+      4,
+      2 ** 40,
+    );
+    this.shmPeerPattern = segmentPattern(this.jobId, this.generation);
+    const why =
+      this.worldSize === 1
+        ? 'worldSize 1'
+        : !this.successorAddress.startsWith('ipc://')
+          ? 'successor not on this host (not ipc://)'
+          : this.encryption === 'curve'
+            ? 'encryption curve (payloads stay on the encrypted socket)'
+            : !shmWanted(shmMode)
+              ? o.sharedMemory === 'off'
+                ? "sharedMemory 'off'"
+                : 'RINGDIFF_RING_SHM=off'
+              : this.shmCap < SHM_GRANULE
+                ? 'sharedMemoryBytes below 1 MiB'
+                : shmApi() === null
+                  ? (shmUnavailableReason() ?? 'native addon unavailable')
+                  : null;
+    this.shmSend = why === null;
+    this.counters.shm.active = this.shmSend;
+    this.counters.shm.reason = why;
   }
 
   /**
@@ -523,7 +685,7 @@ export class Ring {
     const c = this.counters;
     const d = this.zapDomain ? zapDomains.get(this.zapDomain) : undefined;
     if (d) c.authDenied = d.denied;
-    return { ...c, dropped: { ...c.dropped } };
+    return { ...c, dropped: { ...c.dropped }, shm: { ...c.shm } };
   }
 
   /** The first error of this generation, or null while it is healthy. */
@@ -643,6 +805,7 @@ export class Ring {
       push.close();
       await this.recvDone;
     }
+    this.releaseSegments();
     if (this.zapDomain) {
       this.stats();
       zapUnregister(this.zapDomain);
@@ -815,6 +978,16 @@ export class Ring {
       c.dropped.unexpected++;
       return;
     }
+    if (h.shmSegment !== undefined) {
+      const view = this.peerPayload(h);
+      if (!view) {
+        c.dropped.malformed++;
+        return;
+      }
+      r.frame.payload = view;
+      c.shm.framesReceived++;
+      c.shm.bytesReceived += view.byteLength;
+    }
     c.framesReceived++;
     c.bytesReceived += r.frame.payload.byteLength;
     if (h.phase === Phase.ABORT) {
@@ -831,6 +1004,93 @@ export class Ring {
     }
     this.inbox.push(r.frame);
     this.drain();
+  }
+
+  /**
+   * The payload a shared-memory header points at, as a view of a segment mapped here; null if the
+   * header names anything but a segment another rank of this ring may have created (this job and
+   * generation; for REDUCE_SCATTER the predecessor's, for ALL_GATHER any other rank's; a regular
+   * 0600 file of this user directly in /dev/shm: checked by the addon) or a range outside it. A new
+   * name of a rank replaces (and unmaps) the mapping of its previous one: a rank creates a new
+   * segment only when a call starts, when every rank has read everything of the old one.
+   */
+  private peerPayload(h: FrameHeader): Buffer | null {
+    const api = shmApi();
+    const name = h.shmSegment as string;
+    const off = h.shmOffset as number;
+    if (!api) return null;
+    const m = this.shmPeerPattern.exec(name);
+    const q = m ? Number(m[1]) : -1;
+    const pred = mod(this.rank - 1, this.worldSize);
+    if (h.sender !== pred || q < 0 || q >= this.worldSize) return null;
+    if (h.phase === Phase.REDUCE_SCATTER ? q !== pred : q === this.rank) return null;
+    let seg = this.shmPeers.get(q);
+    if (!seg || seg.name !== name) {
+      let opened: PeerSegment;
+      try {
+        opened = PeerSegment.open(api, name);
+      } catch {
+        return null;
+      }
+      seg?.close(api, false);
+      this.shmPeers.set(q, (seg = opened));
+    }
+    const len = h.count * ELEMENT_BYTES[h.encoding];
+    if (off + len > seg.bytes) return null;
+    return Buffer.from(seg.buffer, off, len);
+  }
+
+  /** Unmaps every segment and removes their files (their creators may have died). */
+  private releaseSegments(): void {
+    const api = shmApi();
+    if (!api) return;
+    this.shmOut?.close(api);
+    this.shmOut = null;
+    for (const seg of this.shmPeers.values()) seg.close(api, true);
+    this.shmPeers.clear();
+    this.counters.shm.segmentBytes = 0;
+  }
+
+  /**
+   * @internal This rank's segment for an all-reduce whose sends need `bytes` bytes of slots (null:
+   * the socket path). Called when a call starts, so a segment is replaced only between calls (the
+   * previous call ended with the DONE round: its receiver has read everything). A segment that
+   * cannot be created (e.g. /dev/shm full) turns shared memory off for this ring.
+   */
+  shmSegment(bytes: number): OwnSegment | null {
+    if (!this.shmSend || bytes === 0) return null;
+    const api = shmApi();
+    if (!api) return null;
+    const cur = this.shmOut;
+    const want = Math.min(this.shmCap, bytes);
+    if (cur && cur.bytes >= want) return cur;
+    const size = Math.min(
+      this.shmCap,
+      Math.max(Math.ceil(want / SHM_GRANULE) * SHM_GRANULE, cur ? 2 * cur.bytes : 0),
+    );
+    cur?.close(api);
+    this.shmOut = null;
+    try {
+      this.shmOut = OwnSegment.create(api, segmentName(this.jobId, this.generation, this.rank), size);
+    } catch (e) {
+      this.shmSend = false;
+      this.counters.shm.active = false;
+      this.counters.shm.reason = `cannot create a segment of ${size} bytes: ${(e as Error).message}`;
+      this.counters.shm.segmentBytes = 0;
+      return null;
+    }
+    this.counters.shm.segmentBytes = size;
+    return this.shmOut;
+  }
+
+  /** @internal Counts a data frame sent through shared memory (or not, for want of room). */
+  countShmSend(bytes: number | null): void {
+    if (bytes === null) this.counters.shm.overflowFrames++;
+    else {
+      this.counters.shm.framesSent++;
+      this.counters.shm.bytesSent += bytes;
+      this.counters.bytesSent += bytes; // the socket carries none of them
+    }
   }
 
   /** Feeds queued frames to the op in progress. */
@@ -872,6 +1132,9 @@ export class Ring {
 
   /** @internal Queues a message to the successor (one zeromq.js send in flight at a time). */
   send(h: FrameHeader, payload: Buffer): void {
+    // ZeroMQ reads a payload after this returns; a mapped segment may be unmapped before that.
+    if (payload.byteLength > 0 && this.isMapped(payload.buffer))
+      throw new RingProtocolError('internal error: a shared-memory view sent through the socket');
     this.sendQ.push([encodeHeader(h), payload]);
     if (!this.pumping) void this.pump();
   }
@@ -899,6 +1162,11 @@ export class Ring {
       this.pumpIdle = [];
       for (const f of w) f();
     }
+  }
+
+  private isMapped(b: ArrayBufferLike): boolean {
+    for (const seg of this.shmPeers.values()) if (seg.buffer === b) return true;
+    return this.shmOut !== null && this.shmOut.buffer === b;
   }
 
   /** Resolves when the send queue is empty or after `ms`. */
@@ -1035,6 +1303,12 @@ class AllReduceOp extends SettledOp {
    * the half-precision frames passed on) go out from the ring's scratch buffer instead.
    */
   private readonly releases = kernels.release !== undefined;
+  /** This call's shared-memory segment (null: every payload goes through the socket). */
+  private seg: OwnSegment | null = null;
+  /** Byte offset of each send step's region in `seg`; −1: that step goes through the socket. */
+  private slotBase: number[] = [];
+  /** Chunks per frame this rank sends from its segment. */
+  private readonly spanChunks: number;
 
   constructor(
     ring: Ring,
@@ -1048,6 +1322,7 @@ class AllReduceOp extends SettledOp {
     this.layout = new Layout(buf.length, this.n, Math.max(1, Math.floor(ring.chunkBytes / 4)));
     this.enc = ring.compression === 'fp16' ? Encoding.F16 : Encoding.F32;
     this.steps = 2 * (this.n - 1);
+    this.spanChunks = Math.max(1, Math.floor(ring.shmFrameBytes / (this.layout.chunkElems * 4)));
   }
 
   waitingFor(): string {
@@ -1081,29 +1356,115 @@ class AllReduceOp extends SettledOp {
     return new Uint16Array(s.buffer, s.byteOffset + lo * 2, hi - lo);
   }
 
+  /** Segment sent at step s (step s > 0 sends on the segment received at step s − 1). */
+  private sendSeg(s: number): number {
+    return mod(this.ring.rank - s, this.n);
+  }
+
+  /**
+   * Lays out this call's sends in the ring's segment: one region for each of the steps 0 … N−1
+   * (the segment the step sends, chunks contiguous, regions 64-byte aligned), in step order;
+   * steps beyond the segment's capacity go through the socket. Nothing is overwritten within a
+   * call. Steps N … 2N−3 send a reference to the slot the data came from (see the module comment)
+   * and need no room, unless that data came through the socket (then they use the socket too).
+   */
+  private planSlots(): void {
+    const eb = ELEMENT_BYTES[this.enc];
+    const bases: number[] = [];
+    const sizes: number[] = [];
+    let total = 0;
+    for (let s = 0; s < this.n; s++) {
+      const bytes = this.layout.segLen(this.sendSeg(s)) * eb;
+      bases.push(total);
+      sizes.push(bytes);
+      total += Math.ceil(bytes / SLOT_ALIGN) * SLOT_ALIGN;
+    }
+    const seg = this.ring.shmSegment(total);
+    if (!seg) return;
+    this.seg = seg;
+    this.slotBase = bases.map((b, s) => (b + (sizes[s] as number) <= seg.bytes ? b : -1));
+  }
+
+  /** Byte offset in the segment of the chunk starting at element `lo` sent at step s; −1: socket. */
+  private slotOffset(s: number, lo: number): number {
+    const base = this.slotBase[s];
+    if (base === undefined || base < 0) return -1;
+    return base + (lo - this.layout.segStart(this.sendSeg(s))) * ELEMENT_BYTES[this.enc];
+  }
+
+  private slotF32(off: number, count: number): Float32Array {
+    return new Float32Array((this.seg as OwnSegment).buffer, off, count);
+  }
+
+  private slotU16(off: number, count: number): Uint16Array {
+    return new Uint16Array((this.seg as OwnSegment).buffer, off, count);
+  }
+
+  /**
+   * Sends chunks c … c + span − 1 (elements [lo, hi)) of step s: as one frame whose payload is at
+   * `off` in this rank's segment (≥ 0) or at `ref` in another rank's, else through the socket as
+   * one frame per chunk, from `payload` (the bytes of elements [lo, hi)).
+   */
+  private sendSpan(
+    s: number,
+    c: number,
+    span: number,
+    lo: number,
+    hi: number,
+    off: number,
+    payload: Buffer | null,
+    ref?: { name: string; off: number },
+  ): void {
+    const k = this.sendSeg(s);
+    const nc = this.layout.chunks(k);
+    const header = (chunk: number, count: number) =>
+      this.ring.header(this.seq, this.phaseOf(s), s, chunk, this.enc, count, this.buf.length, nc);
+    if (off >= 0 || ref) {
+      const h = header(c, hi - lo);
+      h.shmSegment = ref ? ref.name : (this.seg as OwnSegment).name;
+      h.shmOffset = ref ? ref.off : off;
+      this.ring.countShmSend((hi - lo) * ELEMENT_BYTES[this.enc]);
+      this.ring.send(h, EMPTY);
+      return;
+    }
+    const p = payload as Buffer;
+    const eb = ELEMENT_BYTES[this.enc];
+    for (let i = c; i < c + span; i++) {
+      const [a, b] = this.layout.chunk(k, i);
+      if (this.seg && s < this.n) this.ring.countShmSend(null);
+      this.ring.send(header(i, b - a), span === 1 ? p : p.subarray((a - lo) * eb, (b - lo) * eb));
+    }
+  }
+
   start(): void {
     if (this.n === 1) {
       if (this.divisor !== 1) kernels.scale(this.buf, this.divisor);
       this.ring.finish(this);
       return;
     }
-    // Reduce-scatter step 0: this rank's own segment, straight from the caller's buffer.
+    this.planSlots();
+    // Reduce-scatter step 0: this rank's own segment, from the caller's buffer (zero-copy on the
+    // socket; copied, or converted to fp16, into the segment with shared memory).
     const k = this.ring.rank;
     const nc = this.layout.chunks(k);
-    for (let c = 0; c < nc; c++) {
-      const [lo, hi] = this.layout.chunk(k, c);
+    const span = this.slotOffset(0, this.layout.segStart(k)) >= 0 ? this.spanChunks : 1;
+    for (let c = 0; c < nc; c += span) {
+      const m = Math.min(span, nc - c);
+      const lo = this.layout.chunk(k, c)[0];
+      const hi = this.layout.chunk(k, c + m - 1)[1];
       const local = this.buf.subarray(lo, hi);
-      let payload: Buffer;
-      if (this.enc === Encoding.F32) payload = bytesOf(local);
+      const off = this.slotOffset(0, lo);
+      let payload: Buffer | null = null;
+      if (off >= 0) {
+        if (this.enc === Encoding.F32) kernels.copy(this.slotF32(off, hi - lo), local);
+        else kernels.toHalf(local, this.slotU16(off, hi - lo));
+      } else if (this.enc === Encoding.F32) payload = bytesOf(local);
       else {
         const half = this.releases ? this.scratchHalf(lo, hi) : new Uint16Array(hi - lo);
         kernels.toHalf(local, half);
         payload = bytesOf(half);
       }
-      this.ring.send(
-        this.ring.header(this.seq, Phase.REDUCE_SCATTER, 0, c, this.enc, hi - lo, this.buf.length, nc),
-        payload,
-      );
+      this.sendSpan(0, c, m, lo, hi, off, payload);
     }
   }
 
@@ -1114,8 +1475,9 @@ class AllReduceOp extends SettledOp {
       // DONE tokens. Every rank sends its own once it has processed all its data frames, and
       // passes on the others' until the successor's comes back round: then the successor has
       // consumed every frame this rank sent during the call, so none is still read from the
-      // caller's buffer or the scratch buffer, and the caller may reuse its buffer at once.
-      // On each link the order is fixed: the sender's data, its DONE, then the ones it passes on.
+      // caller's buffer, the scratch buffer or this rank's segment, and the caller may reuse its
+      // buffer at once. On each link the order is fixed: the sender's data, its DONE, then the
+      // ones it passes on.
       const j = s - this.steps;
       const origin = this.doneOrigin(j);
       expectFrame('allReduce', h, {
@@ -1132,14 +1494,18 @@ class AllReduceOp extends SettledOp {
         this.ring.finish(this);
         return;
       }
-      this.ring.send(this.doneHeader(s + 1, origin), Buffer.alloc(0));
+      this.ring.send(this.doneHeader(s + 1, origin), EMPTY);
       this.step = s + 1;
       return;
     }
     const c = this.chunk;
     const k = this.recvSeg(s);
     const nc = this.layout.chunks(k);
-    const [lo, hi] = this.layout.chunk(k, c);
+    // A frame from shared memory may cover several whole chunks (its count says how many).
+    const fromShm = h.shmSegment !== undefined;
+    const span = fromShm ? Math.max(1, Math.min(nc - c, Math.ceil(h.count / this.layout.chunkElems))) : 1;
+    const lo = this.layout.chunk(k, c)[0];
+    const hi = this.layout.chunk(k, c + span - 1)[1];
     expectFrame('allReduce', h, {
       phase: this.phaseOf(s),
       step: s,
@@ -1149,15 +1515,33 @@ class AllReduceOp extends SettledOp {
       length: this.buf.length,
       chunks: nc,
     });
+    // A frame from shared memory is a read-only view of another rank's segment: it is never
+    // written to, sent on or released. It is empty if its mapping was replaced meanwhile (only a
+    // forged header naming another segment can cause that).
+    if (f.payload.byteLength !== (hi - lo) * ELEMENT_BYTES[this.enc])
+      throw new RingProtocolError(
+        `allReduce: the payload of step ${s} chunk ${c} from rank ${h.sender} is gone (its shared-memory segment was replaced by a forged header?)`,
+      );
     const local = this.buf.subarray(lo, hi);
     const last = this.n - 2; // last reduce-scatter step
     const forward = s + 1 < this.steps; // the next step sends exactly the segment just received
-    let payload: Buffer;
+    // An all-gather chunk that came from shared memory goes on as a reference to the same bytes
+    // (in the segment of the rank that formed the final value: nobody writes them before the
+    // call ends everywhere); others go to their slot in this rank's segment (off ≥ 0) if they
+    // have one, else through the socket (`payload`).
+    const ref =
+      forward && fromShm && s > last
+        ? { name: h.shmSegment as string, off: h.shmOffset as number }
+        : undefined;
+    const off = forward && !ref ? this.slotOffset(s + 1, lo) : -1;
+    const copyOut = this.releases || fromShm; // the received frame cannot be sent on
+    let payload: Buffer | null = null;
     if (this.enc === Encoding.F32) {
       const v = f32View(f.payload);
       if (s < last) {
         // A partial sum: this rank's contribution added to the received one, passed on.
-        if (this.releases) {
+        if (off >= 0) kernels.add3(this.slotF32(off, hi - lo), v, local);
+        else if (copyOut) {
           const out = this.ring.scratch(this.buf.length).subarray(lo, hi);
           kernels.add3(out, v, local);
           payload = bytesOf(out);
@@ -1168,45 +1552,55 @@ class AllReduceOp extends SettledOp {
       } else {
         // This rank owns segment k (s = last: the final value is formed in the caller's buffer),
         // or it receives its final value (all-gather): either way it goes on from the caller's
-        // buffer (zero-copy; safe because the call waits for the successor's DONE token).
+        // buffer (zero-copy; safe because the call waits for the successor's DONE token) or from
+        // a copy in the segment.
         if (s === last) kernels.addDiv(local, v, this.divisor);
         else kernels.copy(local, v);
-        payload = bytesOf(local);
+        if (off >= 0) kernels.copy(this.slotF32(off, hi - lo), local);
+        else if (!ref) payload = bytesOf(local);
       }
     } else {
       const v = u16View(f.payload);
-      let out: Uint16Array | null = null;
       if (s < last) {
-        if (this.releases) {
-          out = this.scratchHalf(lo, hi);
+        if (off >= 0) kernels.addHalfTo(this.slotU16(off, hi - lo), v, local);
+        else if (copyOut) {
+          const out = this.scratchHalf(lo, hi);
           kernels.addHalfTo(out, v, local);
-        } else kernels.addHalf(v, local);
+          payload = bytesOf(out);
+        } else {
+          kernels.addHalf(v, local);
+          payload = v.buffer === f.payload.buffer ? f.payload : bytesOf(v);
+        }
+      } else if (s === last && (off >= 0 || fromShm)) {
+        // The final value in fp16 is formed where it goes on from (never in the read-only view).
+        const out = off >= 0 ? this.slotU16(off, hi - lo) : this.scratchHalf(lo, hi);
+        out.set(v);
+        kernels.addHalfFinal(out, local, this.divisor);
+        if (off < 0) payload = bytesOf(out);
       } else {
         if (s === last) kernels.addHalfFinal(v, local, this.divisor);
         else kernels.fromHalf(v, local);
-        // The half-precision frame goes on as it is (the final value in fp16): from a copy in the
-        // scratch buffer when frames are freed.
-        if (this.releases && forward) {
-          out = this.scratchHalf(lo, hi);
-          out.set(v);
+        // The half-precision frame goes on as it is (the final value in fp16): into the segment,
+        // or from a copy in the scratch buffer when the frame cannot be sent on.
+        if (forward && !ref) {
+          if (off >= 0) this.slotU16(off, hi - lo).set(v);
+          else if (copyOut) {
+            const out = this.scratchHalf(lo, hi);
+            out.set(v);
+            payload = bytesOf(out);
+          } else payload = v.buffer === f.payload.buffer ? f.payload : bytesOf(v);
         }
       }
-      payload = out ? bytesOf(out) : v.buffer === f.payload.buffer ? f.payload : bytesOf(v);
     }
-    if (forward)
-      this.ring.send(
-        this.ring.header(this.seq, this.phaseOf(s + 1), s + 1, c, this.enc, hi - lo, this.buf.length, nc),
-        payload,
-      );
+    if (forward) this.sendSpan(s + 1, c, span, lo, hi, off, payload, ref);
     // Free the frame now (rather than at a later garbage collection, which the external memory
     // of received frames otherwise triggers every few tens of megabytes) unless it goes on.
-    if (this.releases && !(forward && payload === f.payload)) kernels.release?.(f.payload);
-    if (c + 1 < nc) this.chunk = c + 1;
+    if (this.releases && !fromShm && payload !== f.payload) kernels.release?.(f.payload);
+    if (c + span < nc) this.chunk = c + span;
     else {
       this.chunk = 0;
       this.step = s + 1;
-      if (this.step === this.steps)
-        this.ring.send(this.doneHeader(this.steps, this.ring.rank), Buffer.alloc(0));
+      if (this.step === this.steps) this.ring.send(this.doneHeader(this.steps, this.ring.rank), EMPTY);
     }
   }
 }
