@@ -7,7 +7,8 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import {
   chmodSync,
   mkdtempSync,
@@ -460,6 +461,37 @@ describe('shared memory across processes', { skip: noShm, timeout: 600_000 }, ()
     rogue.close();
     await stopPeers(peers);
     assert.deepEqual(segmentsOf(job), []);
+  });
+
+  test('a /dev/shm too small for the segment: the ring falls back to the socket, results exact', async (t) => {
+    // Its own mount namespace with a 1 MiB tmpfs on /dev/shm (root and util-linux's unshare).
+    if (process.getuid?.() !== 0 || spawnSync('unshare', ['-m', 'true']).status !== 0)
+      return t.skip('needs root and unshare -m');
+    const fixture = fileURLToPath(new URL('./fixtures/shm-full.js', import.meta.url));
+    const r = spawnSync(
+      'unshare',
+      [
+        '-m',
+        'sh',
+        '-c',
+        'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$0" "$1"',
+        process.execPath,
+        fixture,
+      ],
+      { encoding: 'utf8', env: { ...process.env, RINGDIFF_SHM_FULL: '1' }, timeout: 60_000 },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as {
+      exact: boolean;
+      stats: { active: boolean; reason: string | null; framesSent: number }[];
+    };
+    assert.ok(out.exact, 'all-reduce results exact');
+    for (const s of out.stats) {
+      assert.equal(s.active, false);
+      assert.match(s.reason ?? '', /cannot create a segment/);
+      assert.equal(s.framesSent, 0);
+    }
+    t.diagnostic(`fallback reason: ${out.stats[0]?.reason}`);
   });
 
   test('not used over tcp:// or with CURVE', async () => {
