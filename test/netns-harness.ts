@@ -515,14 +515,10 @@ export class NetnsCluster {
     for (const [ns, dev] of ends) {
       quiet(ns, 'qdisc', 'del', 'dev', dev, 'root');
       quiet(ns, 'qdisc', 'del', 'dev', dev, 'clsact');
+      // The root qdisc of this end of the link: netem when it can do delay and loss, else tbf.
+      const root = (...qdisc: string[]) => tc(ns, 'qdisc', 'add', 'dev', dev, 'root', ...qdisc);
       if (netem && (delay > 0 || loss > 0)) {
-        tc(
-          ns,
-          'qdisc',
-          'add',
-          'dev',
-          dev,
-          'root',
+        root(
           'handle',
           '1:',
           'netem',
@@ -531,22 +527,7 @@ export class NetnsCluster {
           ...(s.rate ? ['rate', s.rate] : []),
         );
       } else {
-        if (s.rate)
-          tc(
-            ns,
-            'qdisc',
-            'add',
-            'dev',
-            dev,
-            'root',
-            'tbf',
-            'rate',
-            s.rate,
-            'burst',
-            '64kb',
-            'latency',
-            '400ms',
-          );
+        if (s.rate) root('tbf', 'rate', s.rate, 'burst', '64kb', 'latency', '400ms');
         if (loss > 0) {
           tc(ns, 'qdisc', 'add', 'dev', dev, 'clsact');
           tc(ns, 'filter', 'add', 'dev', dev, 'egress', 'bpf', 'da', 'bytecode', lossBytecode(loss / 100));
