@@ -84,6 +84,12 @@ test('wrong or missing token → UNAUTHENTICATED, counted; malformed fields → 
       (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /^host: required/.test(e.details),
     );
     await assert.rejects(
+      good.register({ ...reg('a', 1), lastGeneration: 2 ** 32 - 1 }),
+      (e: grpc.ServiceError) =>
+        e.code === grpc.status.INVALID_ARGUMENT &&
+        /^last_generation: 4294967295 is too large$/.test(e.details),
+    );
+    await assert.rejects(
       good.report({ workerId: 'nobody', generation: 1, step: 1 }),
       (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND && /worker_id/.test(e.details),
     );
