@@ -225,7 +225,7 @@ async function main(): Promise<void> {
   }
   if (threadsArg !== undefined) setNativeThreads(threadsArg);
   const threads = registerCpuNative().threads;
-  console.log(`cpu-native: ${st.blas}, ${threads} thread(s); tfjs ${tf.version.tfjs}`);
+  console.log(`cpu-native: ${st.gemm}, ${threads} thread(s); tfjs ${tf.version.tfjs}`);
   const minMs = quick ? 200 : 1000;
 
   console.log(`\nanchor U-Net convolutions, batch ${batch}, cpu-native (min ms and GFLOP/s)`);

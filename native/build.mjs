@@ -1,6 +1,7 @@
 // Builds the native CPU backend (`npm run build:native`, run by `prepare` on every install).
-// It must never break an install: without a compiler or OpenBLAS, ringdiff still runs on TF.js's
-// pure-JS cpu backend, so any failure prints one warning line and exits 0.
+// It needs only a C++ compiler, make, python3 and Node's headers (no BLAS: the GEMM is our own).
+// It must never break an install: without a compiler, ringdiff still runs on TF.js's pure-JS cpu
+// backend, so any failure prints one warning line and exits 0.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,7 +40,7 @@ if (res.status === 0 && existsSync(built)) {
   const reason = res.error ? res.error.message : firstError(log, res.status);
   console.warn(
     `ringdiff: warning: native CPU backend not built (${reason}); training will use the slow pure-JS cpu ` +
-      `backend. Install g++, make and libopenblas-dev, then run npm run build:native (log: ${logPath})`,
+      `backend. Install g++, make and python3, then run npm run build:native (log: ${logPath})`,
   );
 }
 process.exit(0);

@@ -7,15 +7,11 @@
 #include <string>
 
 #include "elementwise.h"
+#include "gemm.h"
 #include "kernels.h"
+#include "norm.h"
 #include "ring.h"
 #include "shm.h"
-
-extern "C" {
-int openblas_get_num_threads(void);
-char* openblas_get_config(void);
-char* openblas_get_corename(void);
-}
 
 namespace {
 
@@ -318,24 +314,76 @@ Napi::Value Pad(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// setThreads(poolThreads, blasThreads)
+rd::GroupNormShape groupNormShape(const Napi::CallbackInfo& info, size_t at) {
+  const int32_t* d = i32(info[at], "group norm dims", 4).Data();
+  rd::GroupNormShape s{d[0], d[1], d[2], d[3], info[at + 1].As<Napi::Number>().FloatValue(),
+                       info[at + 2].As<Napi::Boolean>().Value()};
+  if (s.B < 0 || s.HW < 0 || s.C < 1 || s.G < 1 || s.C % s.G != 0) {
+    throw Napi::RangeError::New(info.Env(), "invalid group norm dims");
+  }
+  return s;
+}
+
+// groupNorm(x, gamma, beta, y, mean, rstd, dims [B, HW, C, G], eps, silu)
+Napi::Value GroupNorm(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  F32 x = f32(info[0], "x"), gamma = f32(info[1], "gamma"), beta = f32(info[2], "beta"), y = f32(info[3], "y"),
+      mean = f32(info[4], "mean"), rstd = f32(info[5], "rstd");
+  const rd::GroupNormShape s = groupNormShape(info, 6);
+  need(env, x, s.B * s.HW * s.C, "x");
+  need(env, y, s.B * s.HW * s.C, "y");
+  need(env, gamma, s.C, "gamma");
+  need(env, beta, s.C, "beta");
+  need(env, mean, s.B * s.G, "mean");
+  need(env, rstd, s.B * s.G, "rstd");
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::groupNormForward(s, x.data, gamma.data, beta.data, y.data, mean.data, rstd.data);
+  return env.Undefined();
+}
+
+// groupNormGrad(x, gamma, beta, mean, rstd, dy, dx, dgamma, dbeta, dims [B, HW, C, G], eps, silu)
+Napi::Value GroupNormGrad(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  F32 x = f32(info[0], "x"), gamma = f32(info[1], "gamma"), beta = f32(info[2], "beta"), mean = f32(info[3], "mean"),
+      rstd = f32(info[4], "rstd"), dy = f32(info[5], "dy"), dx = f32(info[6], "dx"), dgamma = f32(info[7], "dgamma"),
+      dbeta = f32(info[8], "dbeta");
+  const rd::GroupNormShape s = groupNormShape(info, 9);
+  for (const F32* t : {&x, &dy, &dx}) need(env, *t, s.B * s.HW * s.C, "x, dy and dx");
+  for (const F32* t : {&gamma, &beta, &dgamma, &dbeta}) need(env, *t, s.C, "per-channel vectors");
+  need(env, mean, s.B * s.G, "mean");
+  need(env, rstd, s.B * s.G, "rstd");
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::groupNormBackward(s, x.data, gamma.data, beta.data, mean.data, rstd.data, dy.data, dx.data, dgamma.data,
+                        dbeta.data);
+  return env.Undefined();
+}
+
+// setThreads(poolThreads)
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   const int pool = info[0].As<Napi::Number>().Int32Value();
-  const int blas = info.Length() > 1 ? info[1].As<Napi::Number>().Int32Value() : 1;
   std::lock_guard<std::mutex> lk(g_call);
-  rd::setThreads(pool, blas);
+  rd::setThreads(pool);
   return info.Env().Undefined();
+}
+
+// setGemm(name): "auto", "avx512", "avx2", "generic" or "openblas"; false if it cannot run here.
+Napi::Value SetGemm(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "gemm name must be a string");
+  std::lock_guard<std::mutex> lk(g_call);
+  return Napi::Boolean::New(info.Env(), rd::gemm::select(info[0].As<Napi::String>().Utf8Value()));
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto o = Napi::Object::New(env);
-  const char* cfg = openblas_get_config();
-  const char* core = openblas_get_corename();
-  o.Set("blas", Napi::String::New(env, cfg ? cfg : "OpenBLAS (unknown config)"));
-  o.Set("core", Napi::String::New(env, core ? core : "?"));
+  std::lock_guard<std::mutex> lk(g_call);
+  const rd::gemm::Kernels& k = rd::gemm::kernels();
+  o.Set("gemm", Napi::String::New(env, rd::gemm::describe()));
+  o.Set("kernels", Napi::String::New(env, k.name));
+  o.Set("tile", Napi::String::New(env, std::to_string(k.mr) + "x" + std::to_string(k.nr)));
+  o.Set("openblas", Napi::Boolean::New(env, rd::gemm::openBlasSgemm() != nullptr));
+  o.Set("matmulOnOpenblas", Napi::Boolean::New(env, rd::gemm::matmulUsesOpenBlas()));
   o.Set("threads", Napi::Number::New(env, rd::poolThreads()));
-  o.Set("blasThreads", Napi::Number::New(env, openblas_get_num_threads()));
   return o;
 }
 
@@ -352,7 +400,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("concat", Napi::Function::New(env, Concat));
   exports.Set("transpose", Napi::Function::New(env, Transpose));
   exports.Set("pad", Napi::Function::New(env, Pad));
+  exports.Set("groupNorm", Napi::Function::New(env, GroupNorm));
+  exports.Set("groupNormGrad", Napi::Function::New(env, GroupNormGrad));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setGemm", Napi::Function::New(env, SetGemm));
   exports.Set("info", Napi::Function::New(env, Info));
   rd::ring::exportRing(env, exports);
   rd::shm::exportShm(env, exports);

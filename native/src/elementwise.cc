@@ -5,17 +5,7 @@
 #include <cstring>
 
 #include "kernels.h"
-
-// The loops below are written to auto-vectorise. On x86-64 the hot ones are compiled twice, for
-// the baseline (SSE2) and for AVX2, and the loader picks the version the CPU runs (GCC's
-// target_clones): the addon stays portable across the machines a build may be copied to.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
-#define RD_SIMD __attribute__((target_clones("avx2", "default")))
-#else
-#define RD_SIMD
-#endif
-// Helpers of RD_SIMD loops must inline into each clone to be compiled for its instruction set.
-#define RD_INLINE inline __attribute__((always_inline))
+#include "vmath.h"
 
 namespace rd {
 
@@ -163,35 +153,6 @@ void binary(int op, const float* a, const Shape& as, const float* b, const Shape
 }
 
 namespace {
-
-// exp(x) for float x, vectorisable: x = n·ln2 + r, |r| ≤ ln2/2, e^r from Cephes' degree-6
-// polynomial (≈1 ulp), 2^n applied as two factors so that overflow gives +inf and underflow
-// subnormals or 0 as std::exp would. NaN propagates through r. Written without branches beyond
-// selects (with -fno-trapping-math GCC if-converts and vectorises the whole loop).
-RD_INLINE float expApprox(float x) {
-  x = x < -104.f ? -104.f : x;
-  x = x > 88.8f ? 88.8f : x;
-  const float xc = x == x ? x : 0.f;  // keeps the integer conversion below defined for NaN
-  // floor(x·log2(e) + 1/2) by truncating a positive number (x·log2(e) ≥ −150.1 here).
-  const int32_t n = (int32_t)(xc * 1.44269504088896341f + 256.5f) - 256;
-  const float fn = (float)n;
-  float r = x - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  const float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.f;
-  const int32_t h = n >> 1;  // n ∈ [−150, 128]: both factors are normal floats
-  const int32_t e1 = (h + 127) << 23, e2 = (n - h + 127) << 23;
-  float p1, p2;
-  std::memcpy(&p1, &e1, sizeof p1);
-  std::memcpy(&p2, &e2, sizeof p2);
-  return y * p1 * p2;
-}
 
 template <int Op>
 RD_SIMD void unaryRange(const float* __restrict x, float* __restrict out, int64_t n, float alpha) {

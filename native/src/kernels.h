@@ -1,4 +1,5 @@
-// Float32 NHWC kernels with TF.js semantics, built on cblas_sgemm.
+// Float32 NHWC convolutions and matrix products with TF.js semantics (conv.cc, gemm.cc), and what
+// they share (kernels.cc): the thread pool, scratch space and the bias/activation epilogue.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +31,18 @@ struct Epilogue {
   int64_t preluLen = 0;
 };
 
-void setThreads(int pool, int blas);
+// Bias and activation applied to a rows × cols block (row stride ldy) whose first column is
+// column col0 of the full output, so per-column vectors line up when work was split by columns.
+void applyEpilogue(float* y, int64_t rows, int64_t cols, int64_t ldy, int64_t col0, const Epilogue& e);
+
+void setThreads(int pool);
 int poolThreads();
 Pool& pool();
+
+// Per-thread scratch of at least n floats for the pool thread `tid` (kept between calls).
+float* scratch(int tid, size_t n);
+// Scratch for the calling thread outside pool tasks (kept between calls).
+float* shared(size_t n);
 
 void conv2dForward(const ConvGeom& g, const float* x, const float* w, float* y, const Epilogue& ep);
 void conv2dBackpropInput(const ConvGeom& g, const float* dy, const float* w, float* dx);

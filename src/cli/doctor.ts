@@ -31,7 +31,7 @@ export async function doctor(opts: { json?: boolean; backend?: string }): Promis
     if (n) {
       lines.push(
         n.built
-          ? `       native addon built; BLAS: ${n.blas ?? 'unknown'}; ${n.threads ?? '?'} thread(s) (RINGDIFF_THREADS)`
+          ? `       native addon built; GEMM: ${n.gemm ?? 'unknown'}; ${n.threads ?? '?'} thread(s) (RINGDIFF_THREADS)`
           : `       native addon not available: ${n.reason ?? 'unknown reason'}`,
       );
     }

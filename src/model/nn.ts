@@ -18,6 +18,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { Denoiser } from './model.js';
 import type { Params } from './params.js';
 import { Purpose, stream } from './rng.js';
+import { fusedGroupNorm, type FusedGroupNorm } from './backend/fused.js';
 
 /** How a tensor is initialised. */
 export type Init =
@@ -212,9 +213,42 @@ export function conv2d(p: Params, name: string, x: tf.Tensor4D, stride: 1 | 2 = 
  * (n = H·W·C/G, Σ_g over the channels of a group).
  */
 export function groupNorm(p: Params, name: string, x: tf.Tensor4D, groups: number): tf.Tensor4D {
+  return groupNormAct(p, name, x, groups, false);
+}
+
+/**
+ * SiLU(GroupNorm(x)), the pre-activation of every U-Net convolution. Backends with a fused
+ * kernel (`cpu-native`) run it as one pass for the statistics and one for the output, and its
+ * gradient as two, instead of the chain of ops below.
+ */
+export function groupNormSilu(p: Params, name: string, x: tf.Tensor4D, groups: number): tf.Tensor4D {
+  return groupNormAct(p, name, x, groups, true);
+}
+
+function groupNormAct(p: Params, name: string, x: tf.Tensor4D, groups: number, act: boolean): tf.Tensor4D {
   const c = x.shape[3];
   if (c % groups !== 0) throw new Error(`${name}: ${groups} groups do not divide ${c} channels`);
-  return groupNormOp(groups)(x, param(p, `${name}.gamma`), param(p, `${name}.beta`)) as tf.Tensor4D;
+  const gamma = param(p, `${name}.gamma`);
+  const beta = param(p, `${name}.beta`);
+  const fused = fusedGroupNorm(groups, GN_EPS, act);
+  if (fused) return fusedGroupNormOp(fused)(x, gamma, beta) as tf.Tensor4D;
+  const y = groupNormOp(groups)(x, gamma, beta) as tf.Tensor4D;
+  return act ? silu(y) : y;
+}
+
+function fusedGroupNormOp(f: FusedGroupNorm): (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor {
+  return tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [x, gamma, beta, save] = args as [tf.Tensor4D, tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const [y, mean, rstd] = f.forward(x, gamma, beta);
+    save([x, gamma, beta, mean, rstd]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sg, sb, sm, sr] = saved as [tf.Tensor4D, tf.Tensor, tf.Tensor, tf.Tensor2D, tf.Tensor2D];
+        return f.backward(sx, sg, sb, sm, sr, dy);
+      },
+    };
+  });
 }
 
 const groupNormOps = new Map<number, (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor>();

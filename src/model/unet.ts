@@ -28,7 +28,7 @@ import {
   checkInputs,
   conv2d,
   conv2dSpecs,
-  groupNorm,
+  groupNormSilu,
   groupNormSpecs,
   initParams,
   linear,
@@ -155,15 +155,15 @@ export class UNet implements Denoiser {
       h = tf.concat([h, skips[i] as tf.Tensor4D], 3);
       for (let j = 0; j < resBlocks; j++) h = block(`up.${i}`, i, j, h);
     }
-    return conv2d(p, 'out.conv', silu(groupNorm(p, 'out.norm', h, groups)));
+    return conv2d(p, 'out.conv', groupNormSilu(p, 'out.norm', h, groups));
   }
 }
 
 /** ResBlock: x [B, H, W, cin], tact = SiLU(temb) [B, tdim] → [B, H, W, cout]. */
 function resBlock(p: Params, name: string, x: tf.Tensor4D, tact: tf.Tensor2D, groups: number): tf.Tensor4D {
-  let h = conv2d(p, `${name}.conv1`, silu(groupNorm(p, `${name}.norm1`, x, groups)));
+  let h = conv2d(p, `${name}.conv1`, groupNormSilu(p, `${name}.norm1`, x, groups));
   const cout = h.shape[3];
   h = tf.add(h, tf.reshape(linear(p, `${name}.temb`, tact), [-1, 1, 1, cout]));
-  h = conv2d(p, `${name}.conv2`, silu(groupNorm(p, `${name}.norm2`, h, groups)));
+  h = conv2d(p, `${name}.conv2`, groupNormSilu(p, `${name}.norm2`, h, groups));
   return tf.add(h, x.shape[3] === cout ? x : conv2d(p, `${name}.skip`, x));
 }

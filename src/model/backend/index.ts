@@ -4,7 +4,7 @@
  *
  * Order of preference: tensorflow on GPU (`@tensorflow/tfjs-node-gpu`), tensorflow on CPU
  * (`@tensorflow/tfjs-node`), `cpu-native` (TF.js's `cpu` backend with convolutions and matmuls in
- * ringdiff's own OpenBLAS addon, `native/`), then TF.js's pure-JavaScript `cpu` backend, which
+ * ringdiff's own native addon, `native/`), then TF.js's pure-JavaScript `cpu` backend, which
  * always loads.
  */
 import * as tf from '@tensorflow/tfjs';
@@ -19,8 +19,8 @@ export interface NativeReport {
   built: boolean;
   /** Why not, when it did not. */
   reason: string | null;
-  /** BLAS library the kernels call, with its build configuration. */
-  blas: string | null;
+  /** The GEMM the kernels use and why (own micro-kernels for this CPU; OpenBLAS if present and faster). */
+  gemm: string | null;
   /** Threads the native kernels use (RINGDIFF_THREADS, else all available cores). */
   threads: number | null;
 }
@@ -86,7 +86,7 @@ const CANDIDATES: Candidate[] = [
 /** The addon's state as the reports show it (registering is idempotent and switches nothing). */
 function nativeReport(): NativeReport {
   const st = registerCpuNative();
-  return { built: st.ok, reason: st.reason, blas: st.blas, threads: st.ok ? st.threads : null };
+  return { built: st.ok, reason: st.reason, gemm: st.gemm, threads: st.ok ? st.threads : null };
 }
 
 /** Turns a module-load failure into one line a user can act on. */
@@ -201,7 +201,7 @@ export async function probeBackends(requested?: string): Promise<BackendReport> 
   for (const c of report.candidates) {
     if (c.name === 'cpu-native' && !c.native) {
       const native = nativeReport();
-      const state = native.built ? `addon built (${native.blas}, ${native.threads} threads)` : native.reason;
+      const state = native.built ? `addon built (${native.gemm}, ${native.threads} threads)` : native.reason;
       out.push({ ...c, reason: c.reason ? `${c.reason}; ${state}` : state, native });
       continue;
     }

@@ -1,8 +1,9 @@
 /**
  * The `cpu-native` TF.js backend: TF.js's own `cpu` backend (same tensor storage, every kernel
  * copied) with the kernels that dominate training replaced by the N-API addon in `native/`:
- * convolutions and matrix products (im2col + OpenBLAS sgemm, direct loops for one-channel
- * convolutions), and the memory-bound kernels whose JS versions index element by element or call
+ * convolutions and matrix products (ringdiff's own SGEMM micro-kernels, AVX-512, AVX2/FMA or
+ * portable, chosen from the CPU at run time; convolutions without an im2col matrix; OpenBLAS only
+ * for plain products, and only where it is installed and measured faster), and the memory-bound kernels whose JS versions index element by element or call
  * a closure per element (broadcast binary ops, Sum/Mean, Slice/SplitV, Concat, Transpose, Tile,
  * PadV2, and the unary ops of training: Sigmoid, Square, Sqrt, Rsqrt, Neg, Relu, Step, Exp, Abs,
  * Reciprocal). All run on a thread pool sized by RINGDIFF_THREADS.
@@ -30,8 +31,8 @@ export interface NativeStatus {
   ok: boolean;
   /** Why the backend is unavailable (addon not built, failed to load, ...). */
   reason: string | null;
-  /** BLAS library and its build configuration, e.g. `OpenBLAS 0.3.21 ... Zen MAX_THREADS=64`. */
-  blas: string | null;
+  /** The GEMM in use and why, e.g. `ringdiff avx512 kernels (8x32 tiles; best this CPU runs); OpenBLAS not present`. */
+  gemm: string | null;
   /** Threads the kernels use (RINGDIFF_THREADS, else the host's available parallelism). */
   threads: number;
 }
@@ -96,8 +97,42 @@ interface Addon {
   concat(xs: Floats[], inner: Int32Array, outer: number, out: Floats): void;
   transpose(x: Floats, shape: Int32Array, perm: Int32Array, out: Floats): void;
   pad(x: Floats, shape: Int32Array, before: Int32Array, after: Int32Array, value: number, out: Floats): void;
-  setThreads(pool: number, blas: number): void;
-  info(): { blas: string; core: string; threads: number; blasThreads: number };
+  groupNorm(
+    x: Floats,
+    gamma: Floats,
+    beta: Floats,
+    y: Floats,
+    mean: Floats,
+    rstd: Floats,
+    dims: Int32Array,
+    eps: number,
+    silu: boolean,
+  ): void;
+  groupNormGrad(
+    x: Floats,
+    gamma: Floats,
+    beta: Floats,
+    mean: Floats,
+    rstd: Floats,
+    dy: Floats,
+    dx: Floats,
+    dgamma: Floats,
+    dbeta: Floats,
+    dims: Int32Array,
+    eps: number,
+    silu: boolean,
+  ): void;
+  setThreads(pool: number): void;
+  /** 'auto', 'avx512', 'avx2', 'generic' or 'openblas'; false (nothing changed) if it cannot run here. */
+  setGemm(name: string): boolean;
+  info(): {
+    gemm: string;
+    kernels: string;
+    tile: string;
+    openblas: boolean;
+    matmulOnOpenblas: boolean;
+    threads: number;
+  };
 }
 
 /** Finds the built addon above this module: it runs from src/ (tsx) and from dist/src/ (tsc). */
@@ -144,11 +179,43 @@ export function nativeThreads(env: NodeJS.ProcessEnv = process.env): number {
   return availableParallelism();
 }
 
+/** Values of RINGDIFF_GEMM: the micro-kernels to use, or OpenBLAS for plain products. */
+export const GEMM_CHOICES = ['auto', 'avx512', 'avx2', 'generic', 'openblas'] as const;
+export type GemmChoice = (typeof GEMM_CHOICES)[number];
+
+/** RINGDIFF_GEMM checked (the addon reads it itself); throws a one-line error for other values. */
+export function gemmChoice(env: NodeJS.ProcessEnv = process.env): GemmChoice {
+  const raw = (env.RINGDIFF_GEMM ?? '').trim();
+  if (raw === '') return 'auto';
+  if ((GEMM_CHOICES as readonly string[]).includes(raw)) return raw as GemmChoice;
+  throw new Error(`RINGDIFF_GEMM must be one of ${GEMM_CHOICES.join(', ')}, got '${raw}'`);
+}
+
+/**
+ * Switches the GEMM (for tests and benchmarks); false, changing nothing, when this CPU or machine
+ * cannot run it (no AVX-512, OpenBLAS not installed) or the addon is not loaded.
+ */
+export function setNativeGemm(name: GemmChoice): boolean {
+  if (!addon || !addon.setGemm(name)) return false;
+  if (status?.ok) status = { ...status, gemm: addon.info().gemm };
+  return true;
+}
+
+/** The micro-kernels in use ('avx512', 'avx2', 'generic') and whether plain products go to OpenBLAS. */
+export function nativeGemmInfo(): {
+  kernels: string;
+  tile: string;
+  openblas: boolean;
+  matmulOnOpenblas: boolean;
+} | null {
+  if (!addon) return null;
+  const i = addon.info();
+  return { kernels: i.kernels, tile: i.tile, openblas: i.openblas, matmulOnOpenblas: i.matmulOnOpenblas };
+}
+
 /** Sets the kernels' thread count (e.g. for benchmarks); no-op when the addon is not loaded. */
 export function setNativeThreads(threads: number): void {
-  // OpenBLAS stays single-threaded: the addon splits every GEMM into row blocks across its own
-  // pool, which also parallelises im2col/col2im, and two thread pools would fight for 2 cores.
-  addon?.setThreads(Math.max(1, Math.floor(threads)), 1);
+  addon?.setThreads(Math.max(1, Math.floor(threads)));
   if (status?.ok) status = { ...status, threads: addon?.info().threads ?? status.threads };
 }
 
@@ -774,6 +841,96 @@ const padImpl: Impl = (args, native, backend) => {
   return backend.makeTensorInfo(outShape, 'float32', out);
 };
 
+/** Names of the kernels `cpu-native` adds (no TF.js backend has them; see ./fused.ts). */
+export const GROUP_NORM = 'RingdiffGroupNorm';
+export const GROUP_NORM_GRAD = 'RingdiffGroupNormGrad';
+
+/** GroupNorm's attributes: groups, ε, and whether SiLU follows. */
+interface GroupNormAttrs {
+  groups: number;
+  eps: number;
+  silu: boolean;
+}
+
+function groupNormDims(backend: MathBackendCPU, x: tf.TensorInfo, attrs: GroupNormAttrs): Int32Array {
+  const [b, h, w, c] = x.shape as [number, number, number, number];
+  if (x.shape.length !== 4 || c % attrs.groups !== 0)
+    throw new Error(`${GROUP_NORM}: x must be [B, H, W, C] with C divisible by ${attrs.groups} groups`);
+  void backend;
+  return i32([b, h * w, c, attrs.groups]);
+}
+
+// x, γ, β → [y, μ, 1/σ]: y = GroupNorm(x) (then SiLU when attrs.silu); μ and 1/σ are [B, G].
+const groupNormImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+  const { x, gamma, beta } = args.inputs as Record<string, tf.TensorInfo>;
+  const attrs = args.attrs as unknown as GroupNormAttrs;
+  const dims = groupNormDims(backend, x as tf.TensorInfo, attrs);
+  const vals = [x, gamma, beta].map((t) => values(backend, t as tf.TensorInfo));
+  if (vals.some((v) => !v)) throw new Error(`${GROUP_NORM}: inputs must be float32`);
+  const [xv, gv, bv] = vals as Float32Array[];
+  const stats = [dims[0] as number, attrs.groups];
+  const y = output(backend, (xv as Float32Array).length);
+  const mean = new Float32Array(sizeOf(stats));
+  const rstd = new Float32Array(sizeOf(stats));
+  native.groupNorm(
+    xv as Float32Array,
+    gv as Float32Array,
+    bv as Float32Array,
+    y,
+    mean,
+    rstd,
+    dims,
+    attrs.eps,
+    attrs.silu,
+  );
+  return [
+    backend.makeTensorInfo([...(x as tf.TensorInfo).shape], 'float32', y),
+    backend.makeTensorInfo(stats, 'float32', mean),
+    backend.makeTensorInfo(stats, 'float32', rstd),
+  ];
+};
+
+// x, γ, β, μ, 1/σ, dy → [dx, dγ, dβ].
+const groupNormGradImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+  const { x, gamma, beta, mean, rstd, dy } = args.inputs as Record<string, tf.TensorInfo>;
+  const attrs = args.attrs as unknown as GroupNormAttrs;
+  const dims = groupNormDims(backend, x as tf.TensorInfo, attrs);
+  const vals = [x, gamma, beta, mean, rstd, dy].map((t) => values(backend, t as tf.TensorInfo));
+  if (vals.some((v) => !v)) throw new Error(`${GROUP_NORM_GRAD}: inputs must be float32`);
+  const [xv, gv, bv, mv, rv, dyv] = vals as Float32Array[];
+  const c = dims[2] as number;
+  const dx = output(backend, (xv as Float32Array).length);
+  const dgamma = new Float32Array(c);
+  const dbeta = new Float32Array(c);
+  native.groupNormGrad(
+    xv as Float32Array,
+    gv as Float32Array,
+    bv as Float32Array,
+    mv as Float32Array,
+    rv as Float32Array,
+    dyv as Float32Array,
+    dx,
+    dgamma,
+    dbeta,
+    dims,
+    attrs.eps,
+    attrs.silu,
+  );
+  return [
+    backend.makeTensorInfo([...(x as tf.TensorInfo).shape], 'float32', dx),
+    backend.makeTensorInfo([...(gamma as tf.TensorInfo).shape], 'float32', dgamma),
+    backend.makeTensorInfo([...(beta as tf.TensorInfo).shape], 'float32', dbeta),
+  ];
+};
+
+/** Kernels only `cpu-native` has. */
+const ADDED: ReadonlyArray<
+  [string, (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.TensorInfo[]]
+> = [
+  [GROUP_NORM, groupNormImpl],
+  [GROUP_NORM_GRAD, groupNormGradImpl],
+];
+
 type MultiImpl = (
   args: KernelArgs,
   native: Addon,
@@ -836,17 +993,18 @@ export function registerCpuNative(): NativeStatus {
   const loaded = loadAddon();
   const native = loaded.addon;
   if (!native) {
-    status = { ok: false, reason: loaded.reason, blas: null, threads: 0 };
+    status = { ok: false, reason: loaded.reason, gemm: null, threads: 0 };
     return status;
   }
   let threads: number;
   try {
     threads = nativeThreads();
+    gemmChoice();
   } catch (err) {
-    status = { ok: false, reason: err instanceof Error ? err.message : String(err), blas: null, threads: 0 };
+    status = { ok: false, reason: err instanceof Error ? err.message : String(err), gemm: null, threads: 0 };
     return status;
   }
-  native.setThreads(threads, 1);
+  native.setThreads(threads);
   // Priority 0: registering must not change which backend TF.js picks by default.
   tf.registerBackend(
     CPU_NATIVE,
@@ -882,7 +1040,14 @@ export function registerCpuNative(): NativeStatus {
       },
     });
   }
+  for (const [name, impl] of ADDED) {
+    tf.registerKernel({
+      kernelName: name,
+      backendName: CPU_NATIVE,
+      kernelFunc: (args) => impl(args, native, args.backend as MathBackendCPU),
+    });
+  }
   const info = native.info();
-  status = { ok: true, reason: null, blas: `${info.blas} (core ${info.core})`, threads: info.threads };
+  status = { ok: true, reason: null, gemm: info.gemm, threads: info.threads };
   return status;
 }
