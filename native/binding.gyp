@@ -2,7 +2,7 @@
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-    "cflags_cc": ["-O3", "-std=c++17", "-fPIC", "-fexceptions", "-fno-math-errno", "-fno-trapping-math"]
+    "cflags_cc": ["-O3", "-std=c++17", "-fPIC", "-fexceptions", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
   },
   "targets": [
     {
@@ -25,6 +25,7 @@
         "src/kernels.cc",
         "src/conv.cc",
         "src/norm.cc",
+        "src/optim.cc",
         "src/gemm.cc",
         "src/gemm_generic.cc",
         "src/elementwise.cc",

@@ -10,6 +10,7 @@
 #include "gemm.h"
 #include "kernels.h"
 #include "norm.h"
+#include "optim.h"
 #include "ring.h"
 #include "shm.h"
 
@@ -358,6 +359,34 @@ Napi::Value GroupNormGrad(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// adam(p, m, v, g, pOut, mOut, vOut, consts Float32Array [scale, b1, 1−b1, b2, 1−b2, bc1, bc2, eps, lr, lr·wd])
+Napi::Value Adam(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  F32 p = f32(info[0], "p"), m = f32(info[1], "m"), v = f32(info[2], "v"), g = f32(info[3], "g"),
+      po = f32(info[4], "pOut"), mo = f32(info[5], "mOut"), vo = f32(info[6], "vOut"), k = f32(info[7], "consts");
+  const int64_t n = (int64_t)p.length;
+  for (const F32* t : {&m, &v, &g, &po, &mo, &vo}) need(env, *t, n, "adam operands");
+  need(env, k, 10, "adam constants");
+  const float* c = k.data;
+  const rd::AdamStep s{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]};
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::adamUpdate(n, s, p.data, m.data, v.data, g.data, po.data, mo.data, vo.data);
+  return env.Undefined();
+}
+
+// ema(e, w, out, d, 1 − d): out = d·e + (1 − d)·w
+Napi::Value Ema(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  F32 e = f32(info[0], "e"), w = f32(info[1], "w"), out = f32(info[2], "out");
+  const int64_t n = (int64_t)e.length;
+  need(env, w, n, "w");
+  need(env, out, n, "out");
+  std::lock_guard<std::mutex> lk(g_call);
+  rd::emaUpdate(n, info[3].As<Napi::Number>().FloatValue(), info[4].As<Napi::Number>().FloatValue(), e.data,
+                w.data, out.data);
+  return env.Undefined();
+}
+
 // setThreads(poolThreads)
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   const int pool = info[0].As<Napi::Number>().Int32Value();
@@ -402,6 +431,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pad", Napi::Function::New(env, Pad));
   exports.Set("groupNorm", Napi::Function::New(env, GroupNorm));
   exports.Set("groupNormGrad", Napi::Function::New(env, GroupNormGrad));
+  exports.Set("adam", Napi::Function::New(env, Adam));
+  exports.Set("ema", Napi::Function::New(env, Ema));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setGemm", Napi::Function::New(env, SetGemm));
   exports.Set("info", Napi::Function::New(env, Info));

@@ -26,6 +26,24 @@ namespace {
 using gemm::Seg;
 using gemm::Tile;
 
+// Joins segments that continue one another in both A and B (the taps of one filter row over a
+// padded input, whole image rows for the filter gradient): the accumulators then leave their
+// registers less often.
+void mergeSegments(std::vector<Seg>& segs, int64_t csA, int64_t ldb) {
+  size_t out = 0;
+  for (size_t i = 0; i < segs.size(); ++i) {
+    if (out > 0) {
+      Seg& last = segs[out - 1];
+      if (segs[i].a == last.a + last.len * csA && segs[i].b == last.b + last.len * ldb) {
+        last.len += segs[i].len;
+        continue;
+      }
+    }
+    segs[out++] = segs[i];
+  }
+  segs.resize(out);
+}
+
 // ---- Direct convolution: Σ over taps of a shifted input times the tap's matrix ---------------
 
 struct Tap {
@@ -99,6 +117,7 @@ void runDirect(const Direct& d) {
     for (size_t t = 0; t < d.taps.size(); ++t) {
       segs[t] = {((d.taps[t].dy - minY) * winW + (d.taps[t].dx - minX)) * d.IC, d.taps[t].b, d.IC};
     }
+    mergeSegments(segs, 1, d.OC);
     for (int64_t i = i0; i < i1; ++i) {
       for (int64_t j0 = 0; j0 < d.GW; j0 += kr.mr) {
         const int m = (int)std::min<int64_t>(kr.mr, d.GW - j0);
@@ -312,6 +331,7 @@ void conv2dBackpropFilter(const ConvGeom& g, const float* x, const float* dy, fl
             segs.push_back({((n * g.H + ih) * g.W + ow0 * g.sw + offX) * g.C, ((n * g.OH + oh) * g.OW + ow0) * g.OC,
                             ow1 - ow0});
           }
+          mergeSegments(segs, g.sw * g.C, g.OC);
         }
         const Tile t{x + c0,
                      1,

@@ -70,7 +70,7 @@ RD_SIMD void gradSums(const float* __restrict x, const float* __restrict dy, int
       }
       o[c] = v;
       s1[c] += v;
-      s2[c] += (double)(v * r[c]);
+      s2[c] += (double)v * r[c];
     }
   }
 }

@@ -12,6 +12,7 @@ import type { TrainConfig } from '../config/schema.js';
 import { drawTimesteps } from './timesteps.js';
 import { noiseFor, perExampleMse, qSample } from './diffusion.js';
 import { Purpose, stream } from './rng.js';
+import { fusedAdam, fusedEma } from './backend/fused.js';
 
 /** A contiguous shard of a global batch: positions [from, from + n) with their data. */
 export interface Shard {
@@ -194,13 +195,26 @@ export function optimizerStep(
   const b2 = cfg.beta2;
   const bc1 = 1 - b1 ** (n + 1);
   const bc2 = 1 - b2 ** (n + 1);
+  const fused = fusedAdam();
+  const attrs = {
+    scale,
+    b1,
+    b2,
+    bc1,
+    bc2,
+    eps: cfg.adam_eps,
+    lr,
+    lrwd: cfg.weight_decay > 0 ? lr * cfg.weight_decay : 0,
+  };
   for (const name of sortedNames(state.params)) {
     const p0 = state.params.get(name) as tf.Tensor;
     const m0 = state.m.get(name) as tf.Tensor;
     const v0 = state.v.get(name) as tf.Tensor;
-    const [p1, m1, v1] = tf.tidy(() => {
+    const [p1, m1, v1] = tf.tidy((): [tf.Tensor, tf.Tensor, tf.Tensor] => {
       let g = grads.get(name);
       if (!g) throw new Error(`no gradient for parameter ${name}`);
+      // The same arithmetic as below in one kernel, where the backend has one.
+      if (fused) return fused(p0, m0, v0, g, attrs);
       if (scale !== 1) g = tf.mul(g, scale);
       const m = tf.add(tf.mul(b1, m0), tf.mul(1 - b1, g));
       const v = tf.add(tf.mul(b2, v0), tf.mul(1 - b2, tf.square(g)));
@@ -220,12 +234,13 @@ export function optimizerStep(
 /** E ← d·E + (1 − d)·W with the decay of 0-based step n = state.step (call after optimizerStep). */
 export function updateEma(state: TrainState, cfg: TrainConfig): void {
   const d = emaDecay(cfg, state.step);
+  const fused = fusedEma();
   for (const name of sortedNames(state.params)) {
     const e0 = state.ema.get(name) as tf.Tensor;
     const w = state.params.get(name) as tf.Tensor;
     state.ema.set(
       name,
-      tf.tidy(() => tf.add(tf.mul(d, e0), tf.mul(1 - d, w))),
+      tf.tidy(() => (fused ? fused(e0, w, d) : tf.add(tf.mul(d, e0), tf.mul(1 - d, w)))),
     );
     e0.dispose();
   }

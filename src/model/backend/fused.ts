@@ -4,7 +4,7 @@
  * it runs unchanged on every backend; only this module knows which backend has what.
  */
 import * as tf from '@tensorflow/tfjs';
-import { CPU_NATIVE, GROUP_NORM, GROUP_NORM_GRAD } from './native.js';
+import { ADAM, CPU_NATIVE, EMA, GROUP_NORM, GROUP_NORM_GRAD, type AdamAttrs } from './native.js';
 
 /** GroupNorm (+ SiLU) forward and backward as single kernels. */
 export interface FusedGroupNorm {
@@ -40,3 +40,34 @@ export function fusedGroupNorm(groups: number, eps: number, silu: boolean): Fuse
       ],
   };
 }
+
+/**
+ * One Adam/AdamW update of a parameter tensor as a single kernel: p, m, v, g → [p', m', v'],
+ * identical bit for bit to the composition in src/model/train.ts. Null if the backend has none.
+ */
+export function fusedAdam():
+  | ((
+      p: tf.Tensor,
+      m: tf.Tensor,
+      v: tf.Tensor,
+      g: tf.Tensor,
+      a: AdamAttrs,
+    ) => [tf.Tensor, tf.Tensor, tf.Tensor])
+  | null {
+  if (tf.getBackend() !== CPU_NATIVE) return null;
+  return (p, m, v, g, a) =>
+    tf.engine().runKernel(ADAM, { p, m, v, g }, a as unknown as tf.NamedAttrMap) as unknown as [
+      tf.Tensor,
+      tf.Tensor,
+      tf.Tensor,
+    ];
+}
+
+/** d·e + (1 − d)·w as a single kernel, identical to the composition; null if the backend has none. */
+export function fusedEma(): ((e: tf.Tensor, w: tf.Tensor, decay: number) => tf.Tensor) | null {
+  if (tf.getBackend() !== CPU_NATIVE) return null;
+  return (e, w, decay) =>
+    (tf.engine().runKernel(EMA, { e, w }, { decay }) as unknown as tf.Tensor[])[0] as tf.Tensor;
+}
+
+export type { AdamAttrs };

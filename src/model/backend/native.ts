@@ -122,6 +122,17 @@ interface Addon {
     eps: number,
     silu: boolean,
   ): void;
+  adam(
+    p: Floats,
+    m: Floats,
+    v: Floats,
+    g: Floats,
+    pOut: Floats,
+    mOut: Floats,
+    vOut: Floats,
+    consts: Floats,
+  ): void;
+  ema(e: Floats, w: Floats, out: Floats, d: number, omd: number): void;
   setThreads(pool: number): void;
   /** 'auto', 'avx512', 'avx2', 'generic' or 'openblas'; false (nothing changed) if it cannot run here. */
   setGemm(name: string): boolean;
@@ -923,12 +934,78 @@ const groupNormGradImpl = (args: KernelArgs, native: Addon, backend: MathBackend
   ];
 };
 
+export const ADAM = 'RingdiffAdam';
+export const EMA = 'RingdiffEma';
+
+/** One Adam/AdamW step's scalars, as JS numbers (rounded to float32 by the kernel's caller). */
+export interface AdamAttrs {
+  scale: number;
+  b1: number;
+  b2: number;
+  bc1: number;
+  bc2: number;
+  eps: number;
+  lr: number;
+  lrwd: number;
+}
+
+// p, m, v, g → [p', m', v'] (see native/src/optim.h).
+const adamImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+  const { p, m, v, g } = args.inputs as Record<string, tf.TensorInfo>;
+  const a = args.attrs as unknown as AdamAttrs;
+  const vals = [p, m, v, g].map((t) => values(backend, t as tf.TensorInfo));
+  if (vals.some((x) => !x || x.length !== (vals[0] as Float32Array).length))
+    throw new Error(`${ADAM}: p, m, v and g must be float32 of one size`);
+  const [pv, mv, vv, gv] = vals as Float32Array[];
+  const n = (pv as Float32Array).length;
+  const outs = [output(backend, n), output(backend, n), output(backend, n)] as const;
+  // TF.js turns each JS scalar into a float32 tensor: the same roundings, in the same places.
+  const consts = Float32Array.from([
+    a.scale,
+    a.b1,
+    1 - a.b1,
+    a.b2,
+    1 - a.b2,
+    a.bc1,
+    a.bc2,
+    a.eps,
+    a.lr,
+    a.lrwd,
+  ]);
+  native.adam(
+    pv as Float32Array,
+    mv as Float32Array,
+    vv as Float32Array,
+    gv as Float32Array,
+    outs[0],
+    outs[1],
+    outs[2],
+    consts,
+  );
+  const shape = [...(p as tf.TensorInfo).shape];
+  return outs.map((o) => backend.makeTensorInfo(shape, 'float32', o));
+};
+
+// e, w → [d·e + (1 − d)·w].
+const emaImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+  const { e, w } = args.inputs as Record<string, tf.TensorInfo>;
+  const d = (args.attrs as unknown as { decay: number }).decay;
+  const ev = values(backend, e as tf.TensorInfo);
+  const wv = values(backend, w as tf.TensorInfo);
+  if (!ev || !wv || ev.length !== wv.length) throw new Error(`${EMA}: e and w must be float32 of one size`);
+  const out = output(backend, ev.length);
+  native.ema(ev, wv, out, Math.fround(d), Math.fround(1 - d));
+  return [backend.makeTensorInfo([...(e as tf.TensorInfo).shape], 'float32', out)];
+};
+
 /** Kernels only `cpu-native` has. */
 const ADDED: ReadonlyArray<
   [string, (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.TensorInfo[]]
 > = [
   [GROUP_NORM, groupNormImpl],
   [GROUP_NORM_GRAD, groupNormGradImpl],
+  [ADAM, adamImpl],
+  [EMA, emaImpl],
 ];
 
 type MultiImpl = (
@@ -1041,10 +1118,15 @@ export function registerCpuNative(): NativeStatus {
     });
   }
   for (const [name, impl] of ADDED) {
+    const count = { native: 0, fallback: 0 };
+    calls.set(name, count);
     tf.registerKernel({
       kernelName: name,
       backendName: CPU_NATIVE,
-      kernelFunc: (args) => impl(args, native, args.backend as MathBackendCPU),
+      kernelFunc: (args) => {
+        count.native++;
+        return impl(args, native, args.backend as MathBackendCPU);
+      },
     });
   }
   const info = native.info();
