@@ -12,6 +12,7 @@ import {
   groupNorm,
   initParams,
   timestepEmbedding,
+  upsampleConv2d,
   upsampleNearest2x,
 } from '../src/model/nn.js';
 import { countParams, disposeParams, sortedNames, type Params } from '../src/model/params.js';
@@ -308,6 +309,53 @@ test('stride-2 conv samples like PyTorch padding=1 (centres on even pixels)', ()
   assert.deepEqual(y.shape, [1, 3, 3, 1]);
   assert.deepEqual([...y.dataSync()], [0, 2, 4, 12, 14, 16, 24, 26, 28]);
   tf.dispose([kernel, x, y, ...p.values()]);
+});
+
+test('upsampleConv2d equals a 3×3 conv of the nearest ×2 upsampled input, values and gradients', () => {
+  for (const [i, shape] of (
+    [
+      [2, 5, 7, 6],
+      [1, 1, 1, 3],
+      [3, 4, 4, 8],
+    ] as Array<[number, number, number, number]>
+  ).entries()) {
+    const cout = 5 + i;
+    const x = tf.randomNormal(shape, 0, 1, 'float32', 10 + i) as tf.Tensor4D;
+    const k = tf.randomNormal([3, 3, shape[3], cout], 0, 0.3, 'float32', 20 + i);
+    const b = tf.randomNormal([cout], 0, 1, 'float32', 30 + i);
+    const dy = tf.randomNormal([shape[0], 2 * shape[1], 2 * shape[2], cout], 0, 1, 'float32', 40 + i);
+    const run = (f: (p: Params, x: tf.Tensor4D) => tf.Tensor4D) =>
+      tf.grads((xx: tf.Tensor, kk: tf.Tensor, bb: tf.Tensor) => {
+        const q: Params = new Map([
+          ['u.kernel', kk],
+          ['u.bias', bb],
+        ]);
+        return tf.sum(tf.mul(f(q, xx as tf.Tensor4D), dy));
+      })([x, k, b]);
+    const p: Params = new Map([
+      ['u.kernel', k],
+      ['u.bias', b],
+    ]);
+    const want = conv2d(p, 'u', upsampleNearest2x(x));
+    const got = upsampleConv2d(p, 'u', x);
+    const gWant = run((q, xx) => conv2d(q, 'u', upsampleNearest2x(xx)));
+    const gGot = run((q, xx) => upsampleConv2d(q, 'u', xx));
+    for (const [what, a, e] of [
+      ['y', got, want],
+      ['dx', gGot[0], gWant[0]],
+      ['dkernel', gGot[1], gWant[1]],
+      ['dbias', gGot[2], gWant[2]],
+    ] as Array<[string, tf.Tensor, tf.Tensor]>) {
+      assert.deepEqual(a.shape, e.shape, `${JSON.stringify(shape)} ${what}: shape`);
+      const scale = tf.max(tf.abs(e)).dataSync()[0] as number;
+      const err = tf.max(tf.abs(tf.sub(a, e))).dataSync()[0] as number;
+      assert.ok(
+        err <= 1e-5 * scale + 1e-6,
+        `${JSON.stringify(shape)} ${what}: max error ${err} (scale ${scale})`,
+      );
+    }
+    tf.dispose([x, k, b, dy, want, got, ...gWant, ...gGot]);
+  }
 });
 
 test('nearest ×2 upsampling, GroupNorm and timestep embedding match their definitions', () => {

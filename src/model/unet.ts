@@ -11,7 +11,8 @@
  *   conv_in                                          C → c0
  *   level i < L−1:  res_blocks × (ResBlock [+ attn])  → skip i;  downsample (conv3x3, stride 2)
  *   level L−1 (mid): res_blocks × (ResBlock [+ attn])           the bottleneck, no extra blocks
- *   i = L−2 … 0:    nearest ×2, conv3x3 c_{i+1} → c_i, concat [h, skip i],
+ *   i = L−2 … 0:    nearest ×2, conv3x3 c_{i+1} → c_i (as one sub-pixel op: `upsampleConv2d`),
+ *                   concat [h, skip i],
  *                   res_blocks × (ResBlock [+ attn]), the first one 2c_i → c_i
  *   out: GroupNorm, SiLU, conv3x3 c0 → C (zero-initialised)
  *
@@ -39,7 +40,7 @@ import {
   sinusoidalDim,
   timeEmbed,
   timeEmbedSpecs,
-  upsampleNearest2x,
+  upsampleConv2d,
 } from './nn.js';
 import type { Params } from './params.js';
 
@@ -151,7 +152,7 @@ export class UNet implements Denoiser {
       }
     }
     for (let i = L - 2; i >= 0; i--) {
-      h = conv2d(p, `up.${i}.upsample`, upsampleNearest2x(h));
+      h = upsampleConv2d(p, `up.${i}.upsample`, h);
       h = tf.concat([h, skips[i] as tf.Tensor4D], 3);
       for (let j = 0; j < resBlocks; j++) h = block(`up.${i}`, i, j, h);
     }
