@@ -300,6 +300,20 @@ function convRef(
   return { y, dx, dw: dW };
 }
 
+/** A bias per (image, output channel) for case c. */
+const imageBias = (c: ConvCase): Float32Array => rand(c.x[0] * c.cout, 400 + c.cout);
+
+/** The reference output with the per-image bias added. */
+function withImageBias(c: ConvCase, y: Ref): Ref {
+  const b = imageBias(c);
+  const perImage = y.value.length / c.x[0];
+  const value = y.value.map((v, i) => v + (b[Math.floor(i / perImage) * c.cout + (i % c.cout)] as number));
+  const mag = y.mag.map(
+    (m, i) => m + Math.abs(b[Math.floor(i / perImage) * c.cout + (i % c.cout)] as number),
+  );
+  return { value, mag };
+}
+
 test('convolutions (forward, input and filter gradients) of every kernel set match a plain reference', async (t) => {
   const refs = CONVS.map((c, ci) => {
     const g = geometry(c);
@@ -324,6 +338,17 @@ test('convolutions (forward, input and filter gradients) of every kernel set mat
         const attrs = { strides: c.stride, pad: c.pad, dataFormat: 'NHWC', dilations: c.dilation ?? 1 };
         const e = tf.engine();
         const out: Float32Array[] = [yt.dataSync().slice() as Float32Array];
+        // A bias per image ([N, 1, 1, OC], a time embedding) fused into the forward pass.
+        const ib = tf.tensor4d(imageBias(c), [c.x[0], 1, 1, c.cout]);
+        const yb = tf.fused.conv2d({
+          x: xt,
+          filter: wt,
+          strides: c.stride,
+          pad: c.pad,
+          dilations: c.dilation ?? 1,
+          bias: ib,
+        });
+        out.push(yb.dataSync().slice() as Float32Array);
         // TF.js's gradient kernels take no dilation.
         if (!c.dilation) {
           const dxt = e.runKernel(tf.Conv2DBackpropInput, { dy: dyt, filter: wt }, {
@@ -339,9 +364,10 @@ test('convolutions (forward, input and filter gradients) of every kernel set mat
         return out;
       }) as unknown as Float32Array[];
       assertNear(`${what}: forward`, outs[0] as Float32Array, ref.y);
-      if (outs.length > 1) {
-        assertNear(`${what}: input gradient`, outs[1] as Float32Array, ref.dx);
-        assertNear(`${what}: filter gradient`, outs[2] as Float32Array, ref.dw);
+      assertNear(`${what}: forward with a bias per image`, outs[1] as Float32Array, withImageBias(c, ref.y));
+      if (outs.length > 2) {
+        assertNear(`${what}: input gradient`, outs[2] as Float32Array, ref.dx);
+        assertNear(`${what}: filter gradient`, outs[3] as Float32Array, ref.dw);
       }
       const key = `${kind} ${what.slice(what.indexOf('conv'))}`;
       const first = firstRun.get(key);

@@ -67,7 +67,8 @@ rd::ConvGeom geom(const Napi::Value& v) {
   return g;
 }
 
-rd::Epilogue epilogue(const Napi::CallbackInfo& info, size_t at, int64_t cols) {
+// images > 0: a convolution over that many images, whose bias may also be one per image.
+rd::Epilogue epilogue(const Napi::CallbackInfo& info, size_t at, int64_t cols, int64_t images = 0) {
   rd::Epilogue e;
   size_t len = 0;
   e.bias = optF32(info[at], "bias", &len);
@@ -76,7 +77,12 @@ rd::Epilogue epilogue(const Napi::CallbackInfo& info, size_t at, int64_t cols) {
   e.alpha = info[at + 2].As<Napi::Number>().FloatValue();
   e.prelu = optF32(info[at + 3], "prelu weights", &len);
   e.preluLen = (int64_t)len;
-  if (e.bias && e.biasLen != 1 && e.biasLen != cols) throw Napi::RangeError::New(info.Env(), "bias size mismatch");
+  if (e.bias && images > 1 && e.biasLen == images * cols) {
+    e.biasLen = cols;
+    e.biasImageStride = cols;
+  } else if (e.bias && e.biasLen != 1 && e.biasLen != cols) {
+    throw Napi::RangeError::New(info.Env(), "bias size mismatch");
+  }
   if (e.act < rd::kLinear || e.act > rd::kPrelu) throw Napi::RangeError::New(info.Env(), "unknown activation");
   if (e.act == rd::kPrelu && (!e.prelu || (e.preluLen != 1 && e.preluLen != cols))) {
     throw Napi::RangeError::New(info.Env(), "prelu weights size mismatch");
@@ -92,7 +98,7 @@ Napi::Value Conv2d(const Napi::CallbackInfo& info) {
   need(env, x, g.N * g.H * g.W * g.C, "x");
   need(env, w, g.KH * g.KW * g.C * g.OC, "filter");
   need(env, y, g.N * g.OH * g.OW * g.OC, "y");
-  rd::Epilogue e = epilogue(info, 4, g.OC);
+  rd::Epilogue e = epilogue(info, 4, g.OC, g.N);
   std::lock_guard<std::mutex> lk(g_call);
   rd::conv2dForward(g, x.data, w.data, y.data, e);
   return env.Undefined();

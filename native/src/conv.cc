@@ -113,6 +113,8 @@ void runDirect(const Direct& d) {
       }
       win = buf;
     }
+    Epilogue ep = d.ep ? *d.ep : Epilogue{};
+    if (ep.biasImageStride) ep.bias += n * ep.biasImageStride;
     std::vector<Seg> segs(d.taps.size());
     for (size_t t = 0; t < d.taps.size(); ++t) {
       segs[t] = {((d.taps[t].dy - minY) * winW + (d.taps[t].dx - minX)) * d.IC, d.taps[t].b, d.IC};
@@ -128,7 +130,7 @@ void runDirect(const Direct& d) {
                        m,      (int)std::min<int64_t>(kr.nr, d.OC - jc), false};
           kr.run(t);
         }
-        if (d.ep) applyEpilogue(yp, m, d.OC, d.yCol, 0, *d.ep);
+        if (d.ep) applyEpilogue(yp, m, d.OC, d.yCol, 0, ep);
       }
     }
   });
@@ -254,7 +256,11 @@ void conv2dForward(const ConvGeom& g, const float* x, const float* w, float* y, 
     pool().run((rowsN + per - 1) / per, [&](long task, int) {
       const int64_t r0 = task * per, r1 = std::min(rowsN, r0 + per);
       convRowsOC1(g, x, w, y, r0, r1);
-      applyEpilogue(y + r0 * g.OW, (r1 - r0) * g.OW, 1, 1, 0, ep);
+      for (int64_t r = r0; r < r1; ++r) {  // row r = (n, oh): its image's bias
+        Epilogue e = ep;
+        if (e.biasImageStride) e.bias += (r / g.OH) * e.biasImageStride;
+        applyEpilogue(y + r * g.OW, g.OW, 1, 1, 0, e);
+      }
     });
     return;
   }

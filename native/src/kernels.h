@@ -25,6 +25,8 @@ enum Act : int { kLinear = 0, kRelu = 1, kRelu6 = 2, kElu = 3, kLeakyRelu = 4, k
 struct Epilogue {
   const float* bias = nullptr;
   int64_t biasLen = 0;
+  // Convolutions only: a bias per image ([N, 1, 1, OC]) when set; image n uses bias + n·stride.
+  int64_t biasImageStride = 0;
   int act = kLinear;
   float alpha = 0.f;
   const float* prelu = nullptr;

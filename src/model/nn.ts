@@ -175,28 +175,36 @@ export function linear(p: Params, name: string, x: tf.Tensor2D): tf.Tensor2D {
 
 /**
  * x [B, H, W, cin] → [B, H/stride, W/stride, cout], zero padding (k−1)/2 on every side like
- * PyTorch's `padding=k//2`.
+ * PyTorch's `padding=k//2`. `imageBias` [B, cout], if given, is added to every pixel of its
+ * example (a ResBlock's time embedding), fused into the convolution's bias.
  */
-export function conv2d(p: Params, name: string, x: tf.Tensor4D, stride: 1 | 2 = 1): tf.Tensor4D {
+export function conv2d(
+  p: Params,
+  name: string,
+  x: tf.Tensor4D,
+  stride: 1 | 2 = 1,
+  imageBias?: tf.Tensor2D,
+): tf.Tensor4D {
   const kernel = param(p, `${name}.kernel`) as tf.Tensor4D;
   const bias = param(p, `${name}.bias`);
-  const k = kernel.shape[0];
+  const [k, , , cout] = kernel.shape;
   // The bias is fused into the convolution (one kernel, no separate full-size add); with a
   // linear activation TF.js keeps the fused kernel under gradients too.
-  if (stride === 1) {
-    // For stride 1 and odd k, 'same' pads (k−1)/2 on both sides: identical to PyTorch.
-    return tf.fused.conv2d({ x, filter: kernel, strides: 1, pad: 'same', bias });
-  }
-  // 'same' with stride 2 on an even size pads 0 before and 1 after, shifting the sampling grid
+  const b = imageBias ? tf.add(tf.reshape(imageBias, [-1, 1, 1, cout]), bias) : bias;
+  // For stride 1 and odd k, 'same' pads (k−1)/2 on both sides: identical to PyTorch. With
+  // stride 2 on an even size 'same' would pad 0 before and 1 after, shifting the sampling grid
   // by one pixel with respect to PyTorch (which pads 1 before): pad explicitly instead.
-  const pad = (k - 1) / 2;
-  const xp = tf.pad(x, [
-    [0, 0],
-    [pad, pad],
-    [pad, pad],
-    [0, 0],
-  ]);
-  return tf.fused.conv2d({ x: xp, filter: kernel, strides: stride, pad: 'valid', bias });
+  const q = (k - 1) / 2;
+  const pad: 'same' | [[number, number], [number, number], [number, number], [number, number]] =
+    stride === 1
+      ? 'same'
+      : [
+          [0, 0],
+          [q, q],
+          [q, q],
+          [0, 0],
+        ];
+  return tf.fused.conv2d({ x, filter: kernel, strides: stride, pad, bias: b });
 }
 
 /**

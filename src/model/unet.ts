@@ -162,9 +162,9 @@ export class UNet implements Denoiser {
 
 /** ResBlock: x [B, H, W, cin], tact = SiLU(temb) [B, tdim] → [B, H, W, cout]. */
 function resBlock(p: Params, name: string, x: tf.Tensor4D, tact: tf.Tensor2D, groups: number): tf.Tensor4D {
-  let h = conv2d(p, `${name}.conv1`, groupNormSilu(p, `${name}.norm1`, x, groups));
+  const temb = linear(p, `${name}.temb`, tact);
+  let h = conv2d(p, `${name}.conv1`, groupNormSilu(p, `${name}.norm1`, x, groups), 1, temb);
   const cout = h.shape[3];
-  h = tf.add(h, tf.reshape(linear(p, `${name}.temb`, tact), [-1, 1, 1, cout]));
   h = conv2d(p, `${name}.conv2`, groupNormSilu(p, `${name}.norm2`, h, groups));
   return tf.add(h, x.shape[3] === cout ? x : conv2d(p, `${name}.skip`, x));
 }

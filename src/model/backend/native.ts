@@ -583,12 +583,25 @@ type Impl = (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.Ten
 function conv2dImpl(fused: boolean): Impl {
   return (args, native, backend) => {
     const { x, filter } = args.inputs;
+    // A bias per image, [N, 1, 1, C] (a U-Net adds its time embedding to the first conv's output
+    // this way), with a linear activation.
+    const imageBias = (): Fused | null => {
+      const b = args.inputs.bias;
+      const act = (args.attrs?.activation as string | undefined) ?? 'linear';
+      if (!b || !x || act !== 'linear' || b.shape.length !== 4) return null;
+      const [n, h, w, c] = b.shape as [number, number, number, number];
+      if (n !== x.shape[0] || h !== 1 || w !== 1 || c !== (filter?.shape[3] ?? -1)) return null;
+      const bv = values(backend, b);
+      return bv ? { bias: bv, act: 0, alpha: 0, prelu: null } : null;
+    };
     if (!x || !filter) return null;
     const xv = values(backend, x);
     const wv = values(backend, filter);
     const info = convInfo(x.shape, filter.shape, args.attrs, true);
     if (!xv || !wv || !info) return null;
-    const ep = fused ? fusedEpilogue(backend, args.inputs, args.attrs, 4, info.outChannels) : null;
+    const ep = fused
+      ? (fusedEpilogue(backend, args.inputs, args.attrs, 4, info.outChannels) ?? imageBias())
+      : null;
     if (fused && !ep) return null;
     const y = output(backend, sizeOf(info.outShape));
     native.conv2d(
