@@ -10,6 +10,7 @@ import { applyUpdate, shardGradients } from '../model/train.js';
 import { drawTimesteps } from '../model/timesteps.js';
 import type { LoadedShard } from '../data/prefetch.js';
 import type { Job } from './local.js';
+import { eventLoopTurn } from '../util/turn.js';
 
 export interface StepReport {
   step: number;
@@ -113,7 +114,9 @@ export interface FusedStepReport extends StepReport {
 /**
  * Runs step `job.state.step` on this worker's shard: gradient, fused all-reduce, identical update,
  * sampler update with every example's loss. The state is only touched after the all-reduce
- * succeeded: a failed all-reduce leaves the step uncommitted.
+ * succeeded: a failed all-reduce leaves the step uncommitted. Resolves after the event loop has
+ * polled once since the commit (`eventLoopTurn`), so whatever arrived during the step — Ctrl-C,
+ * SIGTERM, a new plan — has been handled before the caller decides whether to run the next one.
  */
 export async function fusedStep(
   job: Job,
@@ -142,6 +145,7 @@ export async function fusedStep(
   const t2 = performance.now();
   const c = commitReduced(job, fused);
   const t3 = performance.now();
+  await eventLoopTurn();
   return {
     step: state.step,
     loss: c.loss,

@@ -582,11 +582,9 @@ export class Worker {
     this.loader?.drop();
     const acc = new StepAverages();
     while (job.state.step < total) {
-      // One turn of the event loop per step: with nothing else to wait for (a world of one, data
-      // already prefetched) the loop would otherwise run steps back to back on microtasks, and the
-      // plan stream, reports and pushes would wait (a new generation seen seconds late, steps run
-      // alone meanwhile, reports reaching the coordinator late).
-      await new Promise<void>((r) => setImmediate(r));
+      // fusedStep ends with a turn of the event loop: with nothing else to wait for (a world of one,
+      // data already prefetched) steps would otherwise run back to back on microtasks, and the plan
+      // stream, signals, reports and pushes would wait (a new generation or a STOP seen steps late).
       if (this.interrupted()) return;
       const s = job.state.step;
       const t0 = performance.now();
