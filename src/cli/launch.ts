@@ -9,6 +9,7 @@ import { createWriteStream, mkdirSync, writeFileSync, existsSync, readFileSync }
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as delay } from 'node:timers/promises';
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../config/load.js';
 import { CoordinatorClient } from '../worker/client.js';
@@ -172,7 +173,7 @@ export async function launch(o: LaunchOptions): Promise<number> {
       const code =
         failed.length === 0
           ? await coord.exit
-          : await Promise.race([coord.exit, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
+          : await Promise.race([coord.exit, delay(5000, null, { ref: false })]);
       if (code === null) {
         coord.child.kill('SIGKILL');
         bar?.stop();
@@ -182,8 +183,9 @@ export async function launch(o: LaunchOptions): Promise<number> {
       }
     }
     const code = await coord.exit;
-    // Workers exit by themselves after FINISH/STOP; give them a moment, then make sure.
-    await Promise.race([Promise.all(procs.map((p) => p.exit)), new Promise((r) => setTimeout(r, 10000))]);
+    // Workers exit by themselves after FINISH/STOP; give them a moment, then make sure. (The timers
+    // do not hold the process: a pending 10 s one kept launch alive that long after its job.)
+    await Promise.race([Promise.all(procs.map((p) => p.exit)), delay(10000, null, { ref: false })]);
     killAll('SIGKILL');
     bar?.stop();
     if (code !== 0) throw new Error(`the coordinator exited with code ${code}; see ${logs}/coordinator.log`);
