@@ -1,6 +1,7 @@
 /**
  * ringdiff's own GEMM (native/src/gemm*.cc, conv.cc) against plain float64 loops written here:
- * every micro-kernel set this CPU runs (AVX-512, AVX2/FMA, the portable one), on 1 and 2
+ * every micro-kernel set this CPU runs (AVX-512, AVX2/FMA, the portable one; OpenBLAS for the
+ * matrix products where it is installed), on 1 and 2
  * threads, for matrix products (odd sizes, transposes, broadcast batches, K, M and N past one
  * cache block, fused bias and activation) and for the three convolution kernels (3×3 and 1×1,
  * strides 1-3, 'same', 'valid' and explicit padding, dilation, one-channel inputs and outputs,
@@ -58,20 +59,29 @@ function assertNear(what: string, got: Float32Array, ref: Ref): void {
 }
 
 /** Runs `body` for every kernel set this machine runs and each thread count; skips the others. */
-async function eachKernel(t: TestContext, body: (kind: GemmChoice, threads: number) => void): Promise<void> {
+async function eachKernel(
+  t: TestContext,
+  body: (kind: GemmChoice, threads: number) => void,
+  kinds: GemmChoice[] = KERNELS,
+): Promise<void> {
   if (!status.ok) {
     t.skip(`cpu-native unavailable: ${status.reason}`);
     return;
   }
   assert.ok(await tf.setBackend('cpu-native'));
   try {
-    for (const kind of KERNELS) {
+    for (const kind of kinds) {
       await t.test(kind, (tt) => {
         if (!setNativeGemm(kind)) {
-          tt.skip(`${kind} kernels do not run on this CPU`);
+          tt.skip(
+            kind === 'openblas'
+              ? 'OpenBLAS is not installed (optional: apt-get install libopenblas-dev)'
+              : `${kind} kernels do not run on this CPU`,
+          );
           return;
         }
-        assert.equal(nativeGemmInfo()?.kernels, kind);
+        if (kind === 'openblas') assert.equal(nativeGemmInfo()?.matmulOnOpenblas, true);
+        else assert.equal(nativeGemmInfo()?.kernels, kind);
         for (const threads of THREADS) {
           setNativeThreads(threads);
           body(kind, threads);
@@ -150,37 +160,46 @@ function matRef(c: MatCase, a: Float32Array, b: Float32Array, bias: Float32Array
 }
 
 test('matrix products of every kernel set match a plain reference, on 1 and 2 threads', async (t) => {
-  await eachKernel(t, (kind, threads) => {
-    MATS.forEach((c, ci) => {
-      const aShape = [...c.batchA, ...(c.ta ? [c.k, c.m] : [c.m, c.k])];
-      const bShape = [...c.batchB, ...(c.tb ? [c.n, c.k] : [c.k, c.n])];
-      const av = rand(
-        aShape.reduce((p, d) => p * d, 1),
-        10 + ci,
-      );
-      const bv = rand(
-        bShape.reduce((p, d) => p * d, 1),
-        20 + ci,
-      );
-      const biasV = c.bias ? rand(c.n, 30 + ci) : null;
-      const got = tf.tidy(() => {
-        const a = tf.tensor(av, aShape);
-        const b = tf.tensor(bv, bShape);
-        const y = biasV
-          ? tf.fused.matMul({
-              a,
-              b,
-              transposeA: c.ta,
-              transposeB: c.tb,
-              bias: tf.tensor1d(biasV),
-              activation: 'relu',
-            })
-          : tf.matMul(a, b, c.ta, c.tb);
-        return y.dataSync().slice();
-      }) as Float32Array;
-      assertNear(`${kind}, ${threads} thread(s), matmul ${JSON.stringify(c)}`, got, matRef(c, av, bv, biasV));
-    });
-  });
+  await eachKernel(
+    t,
+    (kind, threads) => {
+      MATS.forEach((c, ci) => {
+        const aShape = [...c.batchA, ...(c.ta ? [c.k, c.m] : [c.m, c.k])];
+        const bShape = [...c.batchB, ...(c.tb ? [c.n, c.k] : [c.k, c.n])];
+        const av = rand(
+          aShape.reduce((p, d) => p * d, 1),
+          10 + ci,
+        );
+        const bv = rand(
+          bShape.reduce((p, d) => p * d, 1),
+          20 + ci,
+        );
+        const biasV = c.bias ? rand(c.n, 30 + ci) : null;
+        const got = tf.tidy(() => {
+          const a = tf.tensor(av, aShape);
+          const b = tf.tensor(bv, bShape);
+          const y = biasV
+            ? tf.fused.matMul({
+                a,
+                b,
+                transposeA: c.ta,
+                transposeB: c.tb,
+                bias: tf.tensor1d(biasV),
+                activation: 'relu',
+              })
+            : tf.matMul(a, b, c.ta, c.tb);
+          return y.dataSync().slice();
+        }) as Float32Array;
+        assertNear(
+          `${kind}, ${threads} thread(s), matmul ${JSON.stringify(c)}`,
+          got,
+          matRef(c, av, bv, biasV),
+        );
+      });
+      // Plain products may also go to OpenBLAS, where it is installed.
+    },
+    [...KERNELS, 'openblas'],
+  );
 });
 
 // ---- Convolutions ---------------------------------------------------------------------------

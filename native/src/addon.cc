@@ -408,6 +408,17 @@ Napi::Value SetGemm(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), rd::gemm::select(info[0].As<Napi::String>().Utf8Value()));
 }
 
+// gemmCalibrate(): { oursMs, openblasMs (−1: not loaded) } on three products, one thread each.
+Napi::Value GemmCalibrate(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  std::lock_guard<std::mutex> lk(g_call);
+  const rd::gemm::Calibration c = rd::gemm::calibrate();
+  auto o = Napi::Object::New(env);
+  o.Set("oursMs", Napi::Number::New(env, c.oursMs));
+  o.Set("openblasMs", Napi::Number::New(env, c.theirsMs));
+  return o;
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   auto env = info.Env();
   auto o = Napi::Object::New(env);
@@ -441,6 +452,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ema", Napi::Function::New(env, Ema));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setGemm", Napi::Function::New(env, SetGemm));
+  exports.Set("gemmCalibrate", Napi::Function::New(env, GemmCalibrate));
   exports.Set("info", Napi::Function::New(env, Info));
   rd::ring::exportRing(env, exports);
   rd::shm::exportShm(env, exports);

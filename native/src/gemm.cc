@@ -77,15 +77,9 @@ const OpenBlas& openBlas() {
 std::mutex g_mu;
 const Kernels* g_kernels = nullptr;
 bool g_forcedOpenBlas = false;
+// Off when a kernel set was chosen by name: then it runs the plain products too.
+bool g_autoOpenBlas = true;
 std::string g_why;
-
-// The figures behind the automatic choice between our kernels and OpenBLAS for plain products.
-struct Calibration {
-  bool done = false;
-  bool openBlasFaster = false;
-  double oursMs = 0, theirsMs = 0;
-};
-Calibration g_cal;
 
 void matmulOurs(int64_t batch, int64_t M, int64_t N, int64_t K, bool ta, bool tb, const float* a,
                 const int32_t* aIdx, const float* b, const int32_t* bIdx, float* out, const Epilogue& ep,
@@ -93,46 +87,6 @@ void matmulOurs(int64_t batch, int64_t M, int64_t N, int64_t K, bool ta, bool tb
 void matmulOpenBlas(int64_t batch, int64_t M, int64_t N, int64_t K, bool ta, bool tb, const float* a,
                     const int32_t* aIdx, const float* b, const int32_t* bIdx, float* out, const Epilogue& ep,
                     bool threaded);
-
-// Times both on shapes a diffusion model multiplies (a batch of linear layers, an attention
-// product, a square block), one thread each, best of five.
-void calibrate() {
-  if (g_cal.done) return;
-  g_cal.done = true;
-  if (!openBlas().sgemm) return;
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{256, 384, 384}, {1024, 64, 576}, {512, 512, 512}};
-  const int32_t zero = 0;
-  const Kernels& kr = *g_kernels;
-  auto time = [&](bool theirs) {
-    double total = 0;
-    for (const Shape& s : shapes) {
-      std::vector<float> A(s.M * s.K, 0.5f), B(s.K * s.N, 0.25f), C(s.M * s.N);
-      double bestMs = 1e30;
-      for (int rep = 0; rep < 5; ++rep) {
-        const auto t0 = std::chrono::steady_clock::now();
-        if (theirs) {
-          matmulOpenBlas(1, s.M, s.N, s.K, false, false, A.data(), &zero, B.data(), &zero, C.data(), Epilogue{},
-                         false);
-        } else {
-          matmulOurs(1, s.M, s.N, s.K, false, false, A.data(), &zero, B.data(), &zero, C.data(), Epilogue{}, kr,
-                     false);
-        }
-        bestMs = std::min(bestMs, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      total += bestMs;
-    }
-    return total;
-  };
-  g_cal.oursMs = time(false);
-  g_cal.theirsMs = time(true);
-  // A wide margin: the choice must not flip between runs on a noisy machine (a resumed run on
-  // other kernels is no longer bit-identical to the original), and the minima above can only
-  // be inflated by noise, not deflated. RINGDIFF_GEMM pins the choice.
-  g_cal.openBlasFaster = g_cal.theirsMs < 0.8 * g_cal.oursMs;
-}
 
 void ensureInit() {
   if (g_kernels) return;
@@ -146,6 +100,7 @@ void ensureInit() {
   }
   const Kernels* k = want == "auto" ? nullptr : byName(want);
   g_kernels = k ? k : best();
+  g_autoOpenBlas = k == nullptr;
   g_why = k ? "RINGDIFF_GEMM=" + want
             : (want == "auto" ? std::string("best this CPU runs")
                               : "RINGDIFF_GEMM=" + want + " cannot run here; best this CPU runs instead");
@@ -167,6 +122,7 @@ bool select(const std::string& name) {
   if (name == "auto") {
     g_kernels = best();
     g_forcedOpenBlas = false;
+    g_autoOpenBlas = true;
     g_why = "best this CPU runs";
     return true;
   }
@@ -180,6 +136,7 @@ bool select(const std::string& name) {
   if (!k) return false;
   g_kernels = k;
   g_forcedOpenBlas = false;
+  g_autoOpenBlas = false;
   g_why = "selected: " + name;
   return true;
 }
@@ -187,9 +144,37 @@ bool select(const std::string& name) {
 bool matmulUsesOpenBlas() {
   std::lock_guard<std::mutex> lk(g_mu);
   ensureInit();
-  if (g_forcedOpenBlas) return true;
-  calibrate();
-  return g_cal.openBlasFaster;
+  return g_forcedOpenBlas || (g_autoOpenBlas && g_kernels == genericKernels() && openBlas().sgemm);
+}
+
+Calibration calibrate() {
+  const Kernels& kr = kernels();
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{256, 384, 384}, {1024, 64, 576}, {512, 512, 512}};
+  const int32_t zero = 0;
+  auto time = [&](bool theirs) {
+    double total = 0;
+    for (const Shape& s : shapes) {
+      std::vector<float> A(s.M * s.K, 0.5f), B(s.K * s.N, 0.25f), C(s.M * s.N);
+      double bestMs = 1e30;
+      for (int rep = 0; rep < 5; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        if (theirs) {
+          matmulOpenBlas(1, s.M, s.N, s.K, false, false, A.data(), &zero, B.data(), &zero, C.data(), Epilogue{},
+                         false);
+        } else {
+          matmulOurs(1, s.M, s.N, s.K, false, false, A.data(), &zero, B.data(), &zero, C.data(), Epilogue{}, kr,
+                     false);
+        }
+        bestMs = std::min(bestMs, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      total += bestMs;
+    }
+    return total;
+  };
+  return {time(false), openBlas().sgemm ? time(true) : -1.0};
 }
 
 SgemmFn openBlasSgemm() { return openBlas().sgemm; }
@@ -197,15 +182,14 @@ SgemmFn openBlasSgemm() { return openBlas().sgemm; }
 std::string describe() {
   const bool viaOpenBlas = matmulUsesOpenBlas();
   std::lock_guard<std::mutex> lk(g_mu);
-  char buf[512];
   std::string s = std::string("ringdiff ") + g_kernels->name + " kernels (" + std::to_string(g_kernels->mr) + "x" +
                   std::to_string(g_kernels->nr) + " tiles; " + g_why + ")";
-  if (!openBlas().sgemm) return s + "; OpenBLAS not present";
-  if (g_forcedOpenBlas) return s + "; matmul on OpenBLAS (" + openBlas().version + ", forced)";
-  std::snprintf(buf, sizeof buf, "; OpenBLAS present (%s): matmul calibration ours %.2f ms vs OpenBLAS %.2f ms, %s",
-                openBlas().version.c_str(), g_cal.oursMs, g_cal.theirsMs,
-                viaOpenBlas ? "matmul on OpenBLAS" : "ours kept");
-  return s + buf + "; convolutions always on ours";
+  if (!openBlas().sgemm) return s + "; OpenBLAS not present (optional)";
+  s += "; OpenBLAS present (" + openBlas().version + "): ";
+  if (g_forcedOpenBlas) return s + "matmul on OpenBLAS (RINGDIFF_GEMM=openblas); convolutions on ours";
+  if (viaOpenBlas) return s + "matmul on OpenBLAS (faster than the portable kernels); convolutions on ours";
+  if (!g_autoOpenBlas) return s + "not used (a kernel set was chosen by name)";
+  return s + "not used (ours are as fast on this instruction set; RINGDIFF_GEMM=openblas to use it for matmul)";
 }
 
 namespace {

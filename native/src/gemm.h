@@ -61,11 +61,24 @@ const Kernels& kernels();
 // build cannot run them.
 bool select(const std::string& name);
 
-// Plain matrix products go to OpenBLAS (loaded at run time when present, and measured faster).
+// Plain matrix products go to OpenBLAS: when RINGDIFF_GEMM=openblas, or by default when
+// OpenBLAS loaded and this CPU runs only the portable kernels (no AVX2), where OpenBLAS's own
+// kernels measured 3-5x faster. On AVX2 and AVX-512 ours measured as fast or faster (see
+// `calibrate`), so they are kept. A rule rather than a timing at start-up: processes of one job,
+// or a job and its resumption, must not pick different kernels on a noisy machine (the last bits
+// of a gradient would differ).
 bool matmulUsesOpenBlas();
 
 // One line for `doctor`: which GEMM runs, and why.
 std::string describe();
+
+// Times our kernels and OpenBLAS (if loaded) on three products a diffusion model multiplies, one
+// thread each, best of five: milliseconds in total, theirs < 0 when OpenBLAS is absent. For
+// `doctor`; it changes nothing.
+struct Calibration {
+  double oursMs, theirsMs;
+};
+Calibration calibrate();
 
 // cblas_sgemm with row-major layout if OpenBLAS was loaded, else nullptr.
 using SgemmFn = void (*)(int layout, int transA, int transB, int M, int N, int K, float alpha, const float* A,

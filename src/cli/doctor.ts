@@ -1,9 +1,12 @@
 /** `ringdiff doctor`: which compute backends load here, and why the others do not. */
 import { probeBackends } from '../model/backend/index.js';
+import { nativeGemmCalibration } from '../model/backend/native.js';
 
 /** Prints the backend report as text or one JSON object; always exits 0. */
 export async function doctor(opts: { json?: boolean; backend?: string }): Promise<void> {
   const r = await probeBackends(opts.backend);
+  // Measured here for the user's information; the choice of GEMM is a fixed rule (gemm.h).
+  const gemmTiming = r.native?.built ? nativeGemmCalibration() : null;
   const report = {
     chosen: r.chosen,
     tfjs_version: r.tfjsVersion,
@@ -13,6 +16,7 @@ export async function doctor(opts: { json?: boolean; backend?: string }): Promis
     platform: `${process.platform}-${process.arch}`,
     candidates: r.candidates,
     native: r.native,
+    gemm_timing_ms: gemmTiming,
   };
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(report)}\n`);
@@ -34,6 +38,11 @@ export async function doctor(opts: { json?: boolean; backend?: string }): Promis
           ? `       native addon built; GEMM: ${n.gemm ?? 'unknown'}; ${n.threads ?? '?'} thread(s) (RINGDIFF_THREADS)`
           : `       native addon not available: ${n.reason ?? 'unknown reason'}`,
       );
+      if (n.built && gemmTiming)
+        lines.push(
+          `       matmul timing here, 1 thread: ours ${gemmTiming.oursMs.toFixed(2)} ms` +
+            (gemmTiming.openblasMs === null ? '' : `, OpenBLAS ${gemmTiming.openblasMs.toFixed(2)} ms`),
+        );
     }
   }
   lines.push(

@@ -136,6 +136,7 @@ interface Addon {
   setThreads(pool: number): void;
   /** 'auto', 'avx512', 'avx2', 'generic' or 'openblas'; false (nothing changed) if it cannot run here. */
   setGemm(name: string): boolean;
+  gemmCalibrate(): { oursMs: number; openblasMs: number };
   info(): {
     gemm: string;
     kernels: string;
@@ -222,6 +223,16 @@ export function nativeGemmInfo(): {
   if (!addon) return null;
   const i = addon.info();
   return { kernels: i.kernels, tile: i.tile, openblas: i.openblas, matmulOnOpenblas: i.matmulOnOpenblas };
+}
+
+/**
+ * Our kernels and OpenBLAS (when installed) timed on three matrix products, one thread each, in
+ * ms (openblasMs null without OpenBLAS). For `doctor`: the choice itself is a fixed rule.
+ */
+export function nativeGemmCalibration(): { oursMs: number; openblasMs: number | null } | null {
+  if (!addon) return null;
+  const c = addon.gemmCalibrate();
+  return { oursMs: c.oursMs, openblasMs: c.openblasMs < 0 ? null : c.openblasMs };
 }
 
 /** Sets the kernels' thread count (e.g. for benchmarks); no-op when the addon is not loaded. */
