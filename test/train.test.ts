@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -23,6 +23,7 @@ import {
 } from '../src/model/train.js';
 import { closeJob, openJob, saveCheckpoint, trainStep } from '../src/worker/local.js';
 import { Purpose, stream } from '../src/model/rng.js';
+import { writeReport } from '../src/telemetry/report.js';
 
 await cpuBackend();
 
@@ -202,6 +203,38 @@ test('resume is exact: 3 steps + checkpoint + 3 steps equals 6 steps bit for bit
   } finally {
     rmSync(a, { recursive: true, force: true });
     rmSync(b, { recursive: true, force: true });
+  }
+});
+
+test('the report draws each checkpoint grid once, and after a stop draws none', async () => {
+  const dir = tmp();
+  try {
+    const job = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${dir}`, 'train.steps=4']));
+    for (const s of [2, 4]) {
+      while (job.state.step < s) await trainStep(job);
+      await saveCheckpoint(job);
+    }
+    closeJob(job);
+    const cache = path.join(dir, 'report');
+    // A stopped job draws nothing new: both grids are named as not drawn.
+    const stopped = readFileSync(await writeReport(dir, { draw: false }), 'utf8');
+    assert.equal((stopped.match(/not drawn/g) ?? []).length, 2);
+    assert.ok(!existsSync(cache) || readdirSync(cache).length === 0, 'nothing cached without drawing');
+    const first = readFileSync(await writeReport(dir), 'utf8');
+    const files = readdirSync(cache).sort();
+    assert.equal(files.length, 2, `one cached grid per checkpoint: ${files.join(', ')}`);
+    assert.equal((first.match(/data:image\/png;base64/g) ?? []).length, 2);
+    const mtimes = files.map((f) => statSync(path.join(cache, f)).mtimeMs);
+    // Drawn once: a second report (even one that may not draw) reuses them unchanged.
+    const again = readFileSync(await writeReport(dir, { draw: false }), 'utf8');
+    assert.equal((again.match(/data:image\/png;base64/g) ?? []).length, 2);
+    assert.doesNotMatch(again, /not drawn/);
+    assert.deepEqual(
+      files.map((f) => statSync(path.join(cache, f)).mtimeMs),
+      mtimes,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

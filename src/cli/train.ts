@@ -61,10 +61,13 @@ export async function writeSamplesFrom(
   log.info({ count: n, ms: Date.now() - t0, file: runPath(cfg, 'samples.png') }, 'samples written');
 }
 
-/** Writes the run report; a failure to draw it is logged, never fails the finished job. */
-export async function reportAtEnd(outDir: string, log: Logger): Promise<void> {
+/**
+ * Writes the run report; a failure to draw it is logged, never fails the finished job. After a
+ * stop (`stopped`) it draws no new sample grids, so that the process exits promptly.
+ */
+export async function reportAtEnd(outDir: string, log: Logger, stopped = false): Promise<void> {
   try {
-    const file = await writeReport(outDir);
+    const file = await writeReport(outDir, { draw: !stopped });
     log.info({ file }, 'report written');
   } catch (e) {
     log.warn({ error: (e as Error).message }, 'no run report');
@@ -163,7 +166,7 @@ export async function train(opts: TrainOptions): Promise<void> {
     const c = await saveCheckpoint(job);
     log.info({ step: job.state.step, ...c }, 'checkpoint written');
     if (!stopping) await writeFinalSamples(job, log);
-    await reportAtEnd(cfg.run.out_dir, log);
+    await reportAtEnd(cfg.run.out_dir, log, stopping);
     log.info({ step: job.state.step }, stopping ? 'stopped' : 'done');
     if (tty) {
       const pic = stopping || cfg.sample.count === 0 ? '' : `, samples in ${runPath(cfg, 'samples.png')}`;

@@ -4,12 +4,13 @@
  * final timestep-sampling weights. Charts are inline SVG, pictures are embedded PNGs, so the page
  * can be mailed or archived on its own.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { validateConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { encodeGrid, encodeScatter } from '../data/image.js';
-import { listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
+import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
 import { createDenoiser } from '../model/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { drawSamples } from '../model/sample.js';
@@ -148,8 +149,40 @@ async function checkpointGrid(dir: string, cfg: Config): Promise<Buffer> {
   }
 }
 
+/**
+ * Where a checkpoint's sample grid is kept, so that it is drawn once, not at every report:
+ * `<outDir>/report/step-<N>-<key>.png`, the key a hash of the EMA file's sha256 and of the settings
+ * the drawing depends on (a checkpoint written again, or other settings, get a new file).
+ */
+function gridCachePath(outDir: string, ckptDir: string, step: number, cfg: Config): string | null {
+  try {
+    const state = JSON.parse(readFileSync(path.join(ckptDir, 'state.json'), 'utf8')) as {
+      files?: Record<string, { sha256?: string }>;
+    };
+    const ema = state.files?.[CHECKPOINT_FILES.ema]?.sha256;
+    if (!ema) return null;
+    const key = createHash('sha256')
+      .update(JSON.stringify([ema, cfg.model, cfg.diffusion, cfg.sample.guidance, cfg.run.seed]))
+      .digest('hex')
+      .slice(0, 12);
+    return path.join(outDir, 'report', `step-${step}-${key}.png`);
+  } catch {
+    return null;
+  }
+}
+
+/** Options of `writeReport`. */
+export interface ReportOptions {
+  /**
+   * Draw the sample grids of checkpoints that have none yet (default). False after a stop: on a
+   * slow backend drawing takes minutes, so only grids drawn before are shown.
+   */
+  draw?: boolean;
+}
+
 /** Writes `<outDir>/report.html`; returns its path. */
-export async function writeReport(outDir: string): Promise<string> {
+export async function writeReport(outDir: string, opts: ReportOptions = {}): Promise<string> {
+  const draw = opts.draw ?? true;
   const ckpts = await listCheckpoints(outDir);
   const newest = ckpts.at(-1);
   if (!newest) throw new Error(`${outDir}: no checkpoint to report on`);
@@ -196,9 +229,20 @@ export async function writeReport(outDir: string): Promise<string> {
   );
   const grids: string[] = [];
   for (const c of ckpts) {
+    const cached = gridCachePath(outDir, c.dir, c.step, cfg);
     try {
+      let png: Buffer | null = cached && existsSync(cached) ? readFileSync(cached) : null;
+      if (!png && draw) {
+        png = await checkpointGrid(c.dir, cfg);
+        if (cached) {
+          mkdirSync(path.dirname(cached), { recursive: true });
+          await writeFileAtomic(cached, png);
+        }
+      }
       grids.push(
-        `<figure>${pngTag(await checkpointGrid(c.dir, cfg), `samples at step ${c.step}`)}<figcaption>step ${c.step}</figcaption></figure>`,
+        png
+          ? `<figure>${pngTag(png, `samples at step ${c.step}`)}<figcaption>step ${c.step}</figcaption></figure>`
+          : `<figure><figcaption>step ${c.step}: not drawn (the job was stopped; <code>ringdiff report</code> draws it)</figcaption></figure>`,
       );
     } catch (e) {
       grids.push(`<figure><figcaption>step ${c.step}: ${esc((e as Error).message)}</figcaption></figure>`);
