@@ -43,6 +43,7 @@ import {
   type Peer,
   type Reply,
 } from './ring-peers.js';
+import { missingMountNamespace } from './requirements.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-shm-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -465,8 +466,8 @@ describe('shared memory across processes', { skip: noShm, timeout: 600_000 }, ()
 
   test('a /dev/shm too small for the segment: the ring falls back to the socket, results exact', async (t) => {
     // Its own mount namespace with a 1 MiB tmpfs on /dev/shm (root and util-linux's unshare).
-    if (process.getuid?.() !== 0 || spawnSync('unshare', ['-m', 'true']).status !== 0)
-      return t.skip('needs root and unshare -m');
+    const why = missingMountNamespace();
+    if (why) return t.skip(why);
     const fixture = fileURLToPath(new URL('./fixtures/shm-full.js', import.meta.url));
     const r = spawnSync(
       'unshare',

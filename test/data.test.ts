@@ -21,6 +21,7 @@ import {
   type Source,
 } from '../src/data/preprocess.js';
 import { DataSchema } from '../src/config/schema.js';
+import { missingFile, skipUnless } from './requirements.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ringdiff-data-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -401,11 +402,7 @@ test('mnist: the embedded digits, 10 000 with 10 classes, preprocessed to [32, 3
 const fashionImages = path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz');
 test(
   'fashion-mnist from the Debian package: 60 000 training images, 6 000 per class',
-  {
-    skip: fs.existsSync(fashionImages)
-      ? false
-      : `Debian package dataset-fashion-mnist not installed (${fashionImages} absent): apt-get install dataset-fashion-mnist`,
-  },
+  { skip: skipUnless(missingFile(fashionImages, 'dataset-fashion-mnist')) },
   () => {
     const s = openFashionMnist();
     assert.deepEqual([s.size, s.numClasses, [...s.shape]], [60000, 10, [28, 28, 1]]);

@@ -45,25 +45,8 @@ const RING_PORT = 7100;
 const RING_RELAY_PORT = 7300;
 const NAME_RE = /^rdf([0-9a-z]+)x\d+-/;
 
-/** Why the emulated cluster cannot run here (null: it can). */
-export function netnsUnavailable(): string | null {
-  if (process.platform !== 'linux') return 'needs Linux network namespaces';
-  if (typeof process.getuid === 'function' && process.getuid() !== 0)
-    return 'needs root (network namespaces, veth, tc)';
-  for (const [cmd, arg] of [
-    ['ip', '-V'],
-    ['tc', '-V'],
-  ] as const) {
-    const r = spawnSync(cmd, [arg], { encoding: 'utf8' });
-    if (r.error || r.status !== 0)
-      return `needs iproute2 ('${cmd}' not usable: ${r.error?.message ?? r.stderr.trim()}); e.g. apt-get install -y iproute2`;
-  }
-  const probe = `rdf${process.pid.toString(36)}x0-probe`;
-  const r = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
-  if (r.status !== 0) return `cannot create a network namespace: ${r.stderr.trim()}`;
-  spawnSync('ip', ['netns', 'del', probe]);
-  return null;
-}
+/** Why the emulated cluster cannot run here (null: it can); see requirements.ts. */
+export { netnsUnavailable } from './requirements.js';
 
 let netemKnown: boolean | undefined;
 /** Whether the kernel has sch_netem (checked once, on a throw-away namespace). */
