@@ -9,7 +9,8 @@
  * missing package then throws instead of skipping, so that CI cannot silently run less.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import * as path from 'node:path';
 
 /** Set by .ci/run: missing packages are errors, not skips. */
 const STRICT = process.env.RINGDIFF_TEST_STRICT === '1';
@@ -31,6 +32,19 @@ function firstLine(s: string): string {
   return s.trim().split('\n')[0] ?? '';
 }
 
+/** Whether an executable file `cmd` is in some directory of PATH. */
+function onPath(cmd: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    if (dir === '') return false;
+    try {
+      accessSync(path.join(dir, cmd), constants.X_OK);
+      return statSync(path.join(dir, cmd)).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
 /**
  * `cmd` of Debian package `pkg` runs (`cmd …versionArgs` exits 0): null, else
  * `needs PKG (CMD): not installed` (or `not usable: …` when it is there but fails).
@@ -42,8 +56,8 @@ export function missingCommand(
 ): string | null {
   return once(`cmd:${cmd}`, () => {
     const r = spawnSync(cmd, versionArgs, { encoding: 'utf8', timeout: 30_000 });
-    const code = (r.error as NodeJS.ErrnoException | undefined)?.code;
-    if (code === 'ENOENT') return missingPackage(`needs ${pkg} (${cmd}): not installed`);
+    // ENOENT, or EACCES from a directory of PATH this user may not search (root's ~/.cargo/bin …).
+    if (r.error && !onPath(cmd)) return missingPackage(`needs ${pkg} (${cmd}): not installed`);
     if (r.error || r.status !== 0)
       return missingPackage(
         `needs ${pkg} (${cmd}): not usable: ${r.error?.message ?? (firstLine(`${r.stderr}${r.stdout}`) || `exit status ${r.status}`)}`,
