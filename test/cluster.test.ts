@@ -13,7 +13,11 @@ import { BIN, LocalCluster, TOKEN, checkpointDiff, makeCertificates, runLaunch }
 import { spawnSync } from 'node:child_process';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ringdiff-cluster-'));
-process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+// Kept when a test failed: every process's log is in there (<root>/<job>/logs/, <root>/<name>.log).
+process.on('exit', (code) => {
+  if (code === 0 && !process.env.RINGDIFF_KEEP_TEST_DIR) rmSync(root, { recursive: true, force: true });
+  else process.stderr.write(`cluster: test directory kept: ${root}\n`);
+});
 
 /** A small job whose steps take tens of ms: the orchestration, not the model, is under test. */
 const toy = (name: string, steps: number) => `
