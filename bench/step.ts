@@ -52,7 +52,7 @@ const o = new Command('bench:step')
     3,
   )
   .option('--python <path>', 'Python with torch (--vs-pytorch)', '/usr/bin/python3')
-  .option('--anchor <path>', 'the anchor script (--vs-pytorch)', '../shared/anchors/ddp_ddpm.py')
+  .option('--anchor <path>', 'the anchor script (--vs-pytorch)', '/work/shared/anchors/ddp_ddpm.py')
   .option('--json', 'print one JSON object')
   .parse(process.argv)
   .opts<{

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient } from '../src/worker/client.js';
 import { BIN, LocalCluster, TOKEN, checkpointDiff, makeCertificates, runLaunch } from './cluster-harness.js';
+import { missingCommand, skipUnless } from './requirements.js';
 import { spawnSync } from 'node:child_process';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ringdiff-cluster-'));
@@ -252,53 +253,57 @@ test('the embedded default job (MNIST U-Net, 2 workers) runs end to end under la
   );
 });
 
-test('mutual TLS for gRPC, CURVE on the ring, and a worker without the dataset reading its shards from the coordinator', async (t) => {
-  const tlsDir = path.join(root, 'tls');
-  mkdirSync(tlsDir, { recursive: true });
-  const c = makeCertificates(tlsDir);
-  assert.equal(await runLaunch(root, 'plain', ['--workers', '2', '--config', config('plain', 40)]), 0);
-  const tls = [`cluster.tls.ca=${c.ca}`];
-  const cluster = new LocalCluster(root, toy('secure', 40), [
-    'cluster.min_workers=2',
-    `cluster.tls.cert=${c.cert}`,
-    `cluster.tls.key=${c.key}`,
-    'cluster.allreduce.encryption=curve',
-    ...tls,
-  ]);
-  cluster.credentials = grpc.credentials.createSsl(
-    readFileSync(c.ca),
-    readFileSync(c.clientKey),
-    readFileSync(c.clientCert),
-  );
-  cluster.workerArgs = [
-    '--set',
-    ...tls,
-    '--set',
-    `cluster.tls.client_cert=${c.clientCert}`,
-    '--set',
-    `cluster.tls.client_key=${c.clientKey}`,
-  ];
-  try {
-    const coord = await cluster.startCoordinator();
-    cluster.startWorker();
-    const remote = cluster.startWorker('remote', ['--fetch-shards']);
-    await cluster.waitFor((s) => s.generation >= 1, 'generation 1');
-    // Plaintext, and TLS without a client certificate, are refused.
-    const status = (creds: grpc.ChannelCredentials) =>
-      new CoordinatorClient(cluster.address, '', creds, 2000).status();
-    await assert.rejects(status(grpc.credentials.createInsecure()));
-    await assert.rejects(status(grpc.credentials.createSsl(readFileSync(c.ca))));
-    assert.equal(await coord.exit, 0);
-    assert.equal(await remote.exit, 0);
-    assert.match(readFileSync(remote.log, 'utf8'), /shards come from the coordinator/);
-  } finally {
-    await cluster.stop();
-  }
-  const d = await checkpointDiff(ckpt('plain', 40), ckpt('secure', 40));
-  t.diagnostic(`plaintext+local data vs TLS+fetched shards: max |Δ| ${d.model}`);
-  assert.equal(d.model, 0, 'same data, same order, same bits');
-  assert.equal(d.ema, 0);
-});
+test(
+  'mutual TLS for gRPC, CURVE on the ring, and a worker without the dataset reading its shards from the coordinator',
+  { skip: skipUnless(missingCommand('openssl', 'openssl', ['version'])) },
+  async (t) => {
+    const tlsDir = path.join(root, 'tls');
+    mkdirSync(tlsDir, { recursive: true });
+    const c = makeCertificates(tlsDir);
+    assert.equal(await runLaunch(root, 'plain', ['--workers', '2', '--config', config('plain', 40)]), 0);
+    const tls = [`cluster.tls.ca=${c.ca}`];
+    const cluster = new LocalCluster(root, toy('secure', 40), [
+      'cluster.min_workers=2',
+      `cluster.tls.cert=${c.cert}`,
+      `cluster.tls.key=${c.key}`,
+      'cluster.allreduce.encryption=curve',
+      ...tls,
+    ]);
+    cluster.credentials = grpc.credentials.createSsl(
+      readFileSync(c.ca),
+      readFileSync(c.clientKey),
+      readFileSync(c.clientCert),
+    );
+    cluster.workerArgs = [
+      '--set',
+      ...tls,
+      '--set',
+      `cluster.tls.client_cert=${c.clientCert}`,
+      '--set',
+      `cluster.tls.client_key=${c.clientKey}`,
+    ];
+    try {
+      const coord = await cluster.startCoordinator();
+      cluster.startWorker();
+      const remote = cluster.startWorker('remote', ['--fetch-shards']);
+      await cluster.waitFor((s) => s.generation >= 1, 'generation 1');
+      // Plaintext, and TLS without a client certificate, are refused.
+      const status = (creds: grpc.ChannelCredentials) =>
+        new CoordinatorClient(cluster.address, '', creds, 2000).status();
+      await assert.rejects(status(grpc.credentials.createInsecure()));
+      await assert.rejects(status(grpc.credentials.createSsl(readFileSync(c.ca))));
+      assert.equal(await coord.exit, 0);
+      assert.equal(await remote.exit, 0);
+      assert.match(readFileSync(remote.log, 'utf8'), /shards come from the coordinator/);
+    } finally {
+      await cluster.stop();
+    }
+    const d = await checkpointDiff(ckpt('plain', 40), ckpt('secure', 40));
+    t.diagnostic(`plaintext+local data vs TLS+fetched shards: max |Δ| ${d.model}`);
+    assert.equal(d.model, 0, 'same data, same order, same bits');
+    assert.equal(d.ema, 0);
+  },
+);
 
 test('a step longer than the heartbeat timeout does not get a busy worker declared dead', async (t) => {
   // The pure-JS backend makes each step of this U-Net take longer than the 1.5 s timeout: the
