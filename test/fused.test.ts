@@ -7,6 +7,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
+import { uniform } from './helpers.js';
 import {
   ADAM,
   EMA,
@@ -38,19 +39,6 @@ const ran = (a: string, b: string): [number, number] => [
   nativeKernelCalls()[a]?.native ?? 0,
   nativeKernelCalls()[b]?.native ?? 0,
 ];
-
-function rand(n: number, seed: number, scale = 1, offset = 0): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = offset + scale * ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1);
-  }
-  return out;
-}
 
 /** Every output of f on `backend`, copied out. */
 async function on(backend: string, f: () => tf.Tensor[]): Promise<Float32Array[]> {
@@ -97,10 +85,10 @@ const GN: GnCase[] = [
 native('fused GroupNorm(+SiLU) and its gradients match the composed ops on cpu', async () => {
   for (const [ci, c] of GN.entries()) {
     const [b, h, w, ch] = c.shape;
-    const x = rand(b * h * w * ch, 10 + ci, 1, c.offset ?? 0);
-    const gamma = rand(ch, 20 + ci, 0.5, 1);
-    const beta = rand(ch, 30 + ci, 0.5);
-    const dy = rand(x.length, 40 + ci);
+    const x = uniform(b * h * w * ch, 10 + ci, 1, c.offset ?? 0);
+    const gamma = uniform(ch, 20 + ci, 0.5, 1);
+    const beta = uniform(ch, 30 + ci, 0.5);
+    const dy = uniform(x.length, 40 + ci);
     for (const act of [true, false]) {
       const f = () => {
         const p: Params = new Map([
@@ -140,7 +128,7 @@ native('fused GroupNorm(+SiLU) and its gradients match the composed ops on cpu',
 });
 
 native('fused GroupNorm propagates NaN to its group, as the composition does', async () => {
-  const x = rand(2 * 4 * 4 * 8, 5);
+  const x = uniform(2 * 4 * 4 * 8, 5);
   x[3] = NaN; // example 0, channel 3: group 1 of 4
   const f = () => {
     const p: Params = new Map([
@@ -165,7 +153,7 @@ function freshState(): TrainState {
     p.set(
       `p${i}`,
       tf.tensor(
-        rand(
+        uniform(
           shape.reduce((a, b) => a * b, 1),
           50 + i,
         ),
@@ -188,7 +176,7 @@ native('fused Adam/AdamW and EMA updates equal the composed ops bit for bit', as
       const norms: number[] = [];
       for (let step = 0; step < 4; step++) {
         const grads: Params = new Map(
-          [...state.params].map(([n, t], i) => [n, tf.tensor(rand(t.size, 100 * step + i, 3), t.shape)]),
+          [...state.params].map(([n, t], i) => [n, tf.tensor(uniform(t.size, 100 * step + i, 3), t.shape)]),
         );
         norms.push(optimizerStep(state, grads, cfg).gradNorm);
         updateEma(state, cfg);

@@ -13,6 +13,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
+import { uniform } from './helpers.js';
 import {
   nativeGemmInfo,
   registerCpuNative,
@@ -25,20 +26,6 @@ tf.enableProdMode();
 const status = registerCpuNative();
 const KERNELS: GemmChoice[] = ['avx512', 'avx2', 'generic'];
 const THREADS = [1, 2];
-
-/** Deterministic values in [−1, 1) (mulberry32). */
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  }
-  return out;
-}
 
 /** A reference result: values and, per element, Σ|terms| for the tolerance. */
 interface Ref {
@@ -166,15 +153,15 @@ test('matrix products of every kernel set match a plain reference, on 1 and 2 th
       MATS.forEach((c, ci) => {
         const aShape = [...c.batchA, ...(c.ta ? [c.k, c.m] : [c.m, c.k])];
         const bShape = [...c.batchB, ...(c.tb ? [c.n, c.k] : [c.k, c.n])];
-        const av = rand(
+        const av = uniform(
           aShape.reduce((p, d) => p * d, 1),
           10 + ci,
         );
-        const bv = rand(
+        const bv = uniform(
           bShape.reduce((p, d) => p * d, 1),
           20 + ci,
         );
-        const biasV = c.bias ? rand(c.n, 30 + ci) : null;
+        const biasV = c.bias ? uniform(c.n, 30 + ci) : null;
         const got = tf.tidy(() => {
           const a = tf.tensor(av, aShape);
           const b = tf.tensor(bv, bShape);
@@ -320,7 +307,7 @@ function convRef(
 }
 
 /** A bias per (image, output channel) for case c. */
-const imageBias = (c: ConvCase): Float32Array => rand(c.x[0] * c.cout, 400 + c.cout);
+const imageBias = (c: ConvCase): Float32Array => uniform(c.x[0] * c.cout, 400 + c.cout);
 
 /** The reference output with the per-image bias added. */
 function withImageBias(c: ConvCase, y: Ref): Ref {
@@ -336,12 +323,12 @@ function withImageBias(c: ConvCase, y: Ref): Ref {
 test('convolutions (forward, input and filter gradients) of every kernel set match a plain reference', async (t) => {
   const refs = CONVS.map((c, ci) => {
     const g = geometry(c);
-    const x = rand(
+    const x = uniform(
       c.x.reduce((p, d) => p * d, 1),
       100 + ci,
     );
-    const w = rand(c.k[0] * c.k[1] * g.cin * c.cout, 200 + ci);
-    const dy = rand(g.n * g.oh * g.ow * c.cout, 300 + ci);
+    const w = uniform(c.k[0] * c.k[1] * g.cin * c.cout, 200 + ci);
+    const dy = uniform(g.n * g.oh * g.ow * c.cout, 300 + ci);
     return { c, x, w, dy, ref: convRef(c, x, w, dy) };
   });
   // Per kernel set: the outputs on one thread, which two threads must reproduce bit for bit.

@@ -28,3 +28,17 @@ export function meanVar(x: ArrayLike<number>): { mean: number; variance: number 
   for (let i = 0; i < x.length; i++) v += ((x[i] as number) - m) ** 2;
   return { mean: m, variance: v / x.length };
 }
+
+/** n deterministic values offset + scale·u, u uniform in [−1, 1) (mulberry32 of seed): reproducible test data. */
+export function uniform(n: number, seed: number, scale = 1, offset = 0): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = offset + scale * ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1);
+  }
+  return out;
+}
