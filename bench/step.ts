@@ -17,6 +17,7 @@ import { performance } from 'node:perf_hooks';
 import { initBackend } from '../src/model/backend/index.js';
 import { nativeGemmInfo, setNativeThreads } from '../src/model/backend/native.js';
 import { loadConfig } from '../src/config/load.js';
+import { resolveForDataset } from '../src/config/resolve.js';
 import { createDenoiser } from '../src/model/factory.js';
 import { countParams, disposeParams } from '../src/model/params.js';
 import { scheduleFor } from '../src/model/schedule.js';
@@ -90,7 +91,7 @@ const cfg = loadConfig(undefined, [
   'train.grad_clip=0',
   `train.global_batch=${o.batch}`,
 ]);
-const model = createDenoiser(cfg.model, [32, 32, 1]);
+const model = createDenoiser(resolveForDataset(cfg, { numClasses: 0 }).model, [32, 32, 1]);
 const schedule = scheduleFor('linear', 1000);
 const probs = new UniformSampler(1000).probs();
 

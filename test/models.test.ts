@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ModelSchema, type ModelConfig } from '../src/config/schema.js';
+import { ModelSchema } from '../src/config/schema.js';
+import type { ResolvedModelConfig as ModelConfig } from '../src/config/resolve.js';
 import { createDenoiser } from '../src/model/factory.js';
 import { MLPDenoiser } from '../src/model/mlp.js';
 import type { Denoiser } from '../src/model/model.js';
@@ -21,8 +22,15 @@ import { UNet } from '../src/model/unet.js';
 await tf.setBackend('cpu');
 tf.enableProdMode();
 
+/** A model section as a resolved job has it (every test states num_classes). */
+function modelConfig(raw: Record<string, unknown>): ModelConfig {
+  const m = ModelSchema.parse(raw);
+  if (m.num_classes === 'auto') throw new Error('test configs must state model.num_classes');
+  return { ...m, num_classes: m.num_classes };
+}
+
 const anchor = (): ModelConfig =>
-  ModelSchema.parse({
+  modelConfig({
     num_classes: 0,
     kind: 'unet',
     channels: [32, 64, 128],
@@ -33,7 +41,7 @@ const anchor = (): ModelConfig =>
 
 /** A U-Net small enough for the pure-JS backend: 8×8 inputs, channels [8, 16]. */
 const small = (over: Partial<ModelConfig> = {}): ModelConfig =>
-  ModelSchema.parse({
+  modelConfig({
     num_classes: 0,
     kind: 'unet',
     channels: [8, 16],
@@ -105,8 +113,8 @@ test('output shape equals input shape (unet ± attention, ± classes; mlp ± cla
     [small({ num_classes: 3, res_blocks: 2, attention_resolutions: [4] }), [8, 8, 2]],
     [small({ channels: [8, 8, 16] }), [8, 4, 1]],
     [small({ channels: [8] }), [5, 3, 1]],
-    [ModelSchema.parse({ num_classes: 0, kind: 'mlp' }), [2]],
-    [ModelSchema.parse({ kind: 'mlp', num_classes: 8, hidden: 32, layers: 2 }), [2]],
+    [modelConfig({ num_classes: 0, kind: 'mlp' }), [2]],
+    [modelConfig({ kind: 'mlp', num_classes: 8, hidden: 32, layers: 2 }), [2]],
   ];
   for (const [cfg, shape] of cases) {
     const m = createDenoiser(cfg, shape);
@@ -157,7 +165,7 @@ test('init is a pure function of (seed, name)', async () => {
 test('names are unique, hierarchical, sorted and on distinct rng streams', () => {
   const models: Denoiser[] = [
     createDenoiser(
-      ModelSchema.parse({
+      modelConfig({
         kind: 'unet',
         channels: [32, 64, 128, 256],
         res_blocks: 3,
@@ -166,7 +174,7 @@ test('names are unique, hierarchical, sorted and on distinct rng streams', () =>
       }),
       [64, 64, 3],
     ),
-    createDenoiser(ModelSchema.parse({ kind: 'mlp', num_classes: 8, layers: 6 }), [2]),
+    createDenoiser(modelConfig({ kind: 'mlp', num_classes: 8, layers: 6 }), [2]),
   ];
   const re = /^[a-z_]+(\.[a-z0-9_]+)*\.(kernel|bias|gamma|beta|table)$/;
   for (const m of models) {
@@ -260,7 +268,7 @@ test('gradients reach every U-Net parameter and are finite', () => {
 
 test('gradients reach every MLP parameter and are finite', () => {
   const m = createDenoiser(
-    ModelSchema.parse({ kind: 'mlp', hidden: 16, layers: 2, time_embed_dim: 16, num_classes: 2 }),
+    modelConfig({ kind: 'mlp', hidden: 16, layers: 2, time_embed_dim: 16, num_classes: 2 }),
     [2],
   );
   const p = m.init(5);
@@ -278,7 +286,7 @@ test('gradients reach every MLP parameter and are finite', () => {
 test('apply inside tf.tidy leaks no tensors', () => {
   for (const [cfg, shape] of [
     [small({ attention_resolutions: [8], num_classes: 2 }), [8, 8, 1]],
-    [ModelSchema.parse({ kind: 'mlp', num_classes: 2 }), [2]],
+    [modelConfig({ kind: 'mlp', num_classes: 2 }), [2]],
   ] as [ModelConfig, number[]][]) {
     const m = createDenoiser(cfg, shape);
     const p = m.init(0);
@@ -395,7 +403,7 @@ test('factory rejects inconsistent configs with one-line errors naming the key',
       /^model\.channels: 3 levels need image sides divisible by 4, got 6×6$/,
     ],
     [small(), [2], /^model\.kind: unet needs image examples \[H, W, C\], got \[2\]/],
-    [ModelSchema.parse({ num_classes: 0, kind: 'mlp' }), [8, 8, 1], /^model\.kind: mlp needs 1-D examples/],
+    [modelConfig({ num_classes: 0, kind: 'mlp' }), [8, 8, 1], /^model\.kind: mlp needs 1-D examples/],
     [
       small({ attention_resolutions: [7] }),
       [8, 8, 1],

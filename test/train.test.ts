@@ -8,6 +8,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { cpuBackend, relErr } from './helpers.js';
 import { loadConfig } from '../src/config/load.js';
+import { resolveForDataset } from '../src/config/resolve.js';
 import { createDenoiser } from '../src/model/factory.js';
 import { disposeParams, sortedNames, type Params } from '../src/model/params.js';
 import { scheduleFor } from '../src/model/schedule.js';
@@ -82,7 +83,7 @@ for (const kind of ['mlp', 'unet'] as const) {
       'model.class_dropout=0.3',
     ]);
     const shape = kind === 'mlp' ? [2] : [8, 8, 1];
-    const model = createDenoiser(cfg.model, shape);
+    const model = createDenoiser(resolveForDataset(cfg, { numClasses: 3 }).model, shape);
     const params = model.init(4);
     const B = 12;
     const size = shape.reduce((a, b) => a * b, 1);

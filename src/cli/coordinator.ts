@@ -6,6 +6,7 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadConfig, configToYaml } from '../config/load.js';
+import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { openDataset } from '../data/spec.js';
 import { initBackend } from '../model/backend/index.js';
@@ -82,18 +83,20 @@ export function clientCredentials(cfg: Config): grpc.ChannelCredentials {
 
 /** Runs the coordinator until the job finishes (0) or is stopped by a signal (0 after a checkpoint). */
 export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> {
-  const cfg = loadConfig(o.config, o.set ?? []);
-  const token = joinToken(cfg);
-  const credentials = serverCredentials(cfg);
+  const loaded = loadConfig(o.config, o.set ?? []);
+  const token = joinToken(loaded);
+  const credentials = serverCredentials(loaded);
   let server: CoordinatorServer | null = null;
   const log = createLogger({
-    job: cfg.run.name,
+    job: loaded.run.name,
     pretty: o.pretty ?? false,
     base: { role: 'coordinator' },
     mixin: () => (server ? { step: server.step, generation: server.membership.generation.number } : {}),
   });
   const backend = await initBackend(o.backend, { quiet: true });
-  const dataset = openDataset(cfg.data);
+  const dataset = openDataset(loaded.data);
+  // Workers receive the resolved config: every process of the job sees numbers, never `auto`.
+  const cfg = resolveForDataset(loaded, dataset);
   const state = await CentralState.open(cfg, dataset, log);
   if (state.checkpointStep >= cfg.train.steps) {
     log.info({ step: state.checkpointStep }, 'the job has already run all its steps');
@@ -283,7 +286,7 @@ function samplingWeights(cfg: Config, table: unknown, metrics: CoordinatorMetric
 }
 
 async function finalSamples(
-  cfg: Config,
+  cfg: ResolvedConfig,
   state: CentralState,
   shape: readonly number[],
   log: Logger,

@@ -188,7 +188,14 @@ export async function launch(o: LaunchOptions): Promise<number> {
     await Promise.race([Promise.all(procs.map((p) => p.exit)), delay(10000, null, { ref: false })]);
     killAll('SIGKILL');
     bar?.stop();
-    if (code !== 0) throw new Error(`the coordinator exited with code ${code}; see ${logs}/coordinator.log`);
+    if (code !== 0) {
+      // Its own one-line error (a config that does not fit the data, a port in use) says more than
+      // the exit code: show it, and where the rest is.
+      const why = lastErrorLine(path.join(logs, 'coordinator.log'));
+      throw new Error(
+        `the coordinator exited with code ${code}${why ? `: ${why}` : ''}; see ${logs}/coordinator.log`,
+      );
+    }
     const samples = path.join(outDir, 'samples.png');
     process.stderr.write(
       `${stopping ? 'stopped' : 'done'}: run directory ${outDir}${!stopping && existsSync(samples) ? `, samples in ${samples}` : ''}\n`,
@@ -202,5 +209,16 @@ export async function launch(o: LaunchOptions): Promise<number> {
     process.off('SIGTERM', onSignal);
     process.off('exit', onExit);
     killAll('SIGKILL');
+  }
+}
+
+/** The last `ringdiff: …` error line of a process log, without the prefix (null if none). */
+function lastErrorLine(file: string): string | null {
+  try {
+    const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
+    const line = [...lines].reverse().find((l) => l.startsWith('ringdiff: '));
+    return line ? line.slice('ringdiff: '.length) : null;
+  } catch {
+    return null;
   }
 }

@@ -2,6 +2,7 @@
 import cliProgress from 'cli-progress';
 import { loadCheckpoint } from '../model/checkpoint.js';
 import { validateConfig } from '../config/load.js';
+import { requireResolved } from '../config/resolve.js';
 import { initBackend } from '../model/backend/index.js';
 import { createDenoiser } from '../model/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
@@ -39,7 +40,8 @@ export async function sample(o: SampleOptions): Promise<void> {
     throw new UsageError(`--sampler must be ddpm or ddim, got '${o.sampler}'`);
   await initBackend(o.backend);
   const ckpt = await loadCheckpoint(o.checkpoint);
-  const cfg = validateConfig(ckpt.state.config, `${o.checkpoint}/state.json config`);
+  const source = `${o.checkpoint}/state.json config`;
+  const cfg = requireResolved(validateConfig(ckpt.state.config, source), source);
   const T = cfg.diffusion.timesteps;
   const steps = o.steps ?? (o.sampler === 'ddim' ? 50 : T);
   if (o.sampler === 'ddim' && (steps < 1 || steps > T))

@@ -2,6 +2,8 @@
 import { createWriteStream, mkdirSync } from 'node:fs';
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../config/load.js';
+import { resolveForDataset } from '../config/resolve.js';
+import { openDataset } from '../data/spec.js';
 import type { Config } from '../config/schema.js';
 import { initBackend } from '../model/backend/index.js';
 import { createLogger, type Logger } from '../util/log.js';
@@ -78,6 +80,9 @@ export async function reportAtEnd(outDir: string, log: Logger, stopped = false):
 export async function train(opts: TrainOptions): Promise<void> {
   const cfg: Config = loadConfig(opts.config, opts.set ?? []);
   const backend = await initBackend(opts.backend);
+  // The dataset first: a config that does not fit it is refused before anything is written.
+  const dataset = openDataset(cfg.data);
+  resolveForDataset(cfg, dataset);
   mkdirSync(cfg.run.out_dir, { recursive: true });
   const tty = opts.progress !== false && process.stderr.isTTY === true;
   // On a TTY the bar owns the terminal, so the JSON log goes to the run directory.
@@ -88,7 +93,7 @@ export async function train(opts: TrainOptions): Promise<void> {
       tty && !opts.pretty ? createWriteStream(runPath(cfg, 'train.log'), { flags: 'a' }) : undefined,
   });
   log.info({ backend: backend.chosen, out_dir: cfg.run.out_dir }, 'starting');
-  const job = await openJob(cfg, log);
+  const job = await openJob(cfg, log, dataset);
   if (job.resumedFrom) log.info({ dir: job.resumedFrom, step: job.state.step }, 'resumed from checkpoint');
   let stopping = false;
   const onSignal = (sig: string) => {

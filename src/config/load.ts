@@ -42,7 +42,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   const path = issue.path.map(String).join('.');
   if (issue.code === 'unrecognized_keys') {
     const keys = issue.keys.map((k) => (path ? `${path}.${k}` : k));
-    return `unknown key${keys.length > 1 ? 's' : ''} ${keys.join(', ')}`;
+    return `unknown key${keys.length > 1 ? 's' : ''} ${keys.join(', ')}${keys.length === 1 ? didYouMean(keys[0] as string) : ''}`;
   }
   const msg = issue.message.replace(/^Invalid input: /, '');
   return `${path || '(root)'}: ${msg}`;
@@ -102,6 +102,7 @@ export function applyOverrides(raw: unknown, sets: readonly string[]): Record<st
     }
     const parts = key.split('.');
     if (parts.some((p) => p === '')) throw new ConfigError(`--set ${s}: empty key segment`);
+    checkKeyPath(key, parts);
     let node = root;
     for (const p of parts.slice(0, -1)) {
       const child = node[p];
@@ -114,6 +115,76 @@ export function applyOverrides(raw: unknown, sets: readonly string[]): Record<st
     node[parts[parts.length - 1] as string] = value;
   }
   return root;
+}
+
+/** The schema of an object, or null for a value (defaults and optionals unwrapped). */
+function objectShape(schema: z.ZodType): Record<string, z.ZodType> | null {
+  const inner = unwrap(schema);
+  return inner instanceof z.ZodObject ? (inner.shape as Record<string, z.ZodType>) : null;
+}
+
+/** Throws a ConfigError for an override path the schema does not have, naming the whole path. */
+function checkKeyPath(key: string, parts: readonly string[]): void {
+  let shape = objectShape(ConfigSchema);
+  for (const [i, p] of parts.entries()) {
+    if (!shape)
+      throw new ConfigError(`--set ${key}: ${parts.slice(0, i).join('.')} is a value, not a section`);
+    const child = shape[p];
+    if (!child) throw new ConfigError(`--set ${key}: unknown key ${key}${didYouMean(key)}`);
+    shape = objectShape(child);
+  }
+}
+
+/** Every key path of the schema: sections and values (`train`, `train.steps`, ...). */
+function keyPaths(
+  shape: Record<string, z.ZodType> | null = objectShape(ConfigSchema),
+  prefix = '',
+): string[] {
+  if (!shape) return [];
+  return Object.entries(shape).flatMap(([k, v]) => [
+    `${prefix}${k}`,
+    ...keyPaths(objectShape(v), `${prefix}${k}.`),
+  ]);
+}
+
+/** Edit distance with adjacent transpositions (optimal string alignment). */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) (d[0] as number[])[j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    const row = d[i] as number[];
+    const prev = d[i - 1] as number[];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min((prev[j] as number) + 1, (row[j - 1] as number) + 1, (prev[j - 1] as number) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        v = Math.min(v, ((d[i - 2] as number[])[j - 2] as number) + 1);
+      row[j] = v;
+    }
+  }
+  return (d[a.length] as number[])[b.length] as number;
+}
+
+/**
+ * `; did you mean X?` for an unknown key path: the known paths within a few edits of it, or with
+ * the same last name in another section (`train.timesteps` → `diffusion.timesteps`); '' if none.
+ */
+export function didYouMean(key: string): string {
+  const parts = key.split('.');
+  const last = parts.pop() as string;
+  const paths = keyPaths();
+  // The same name in another section when the given section exists (a misplaced key) or none was
+  // given (`lr` → `train.lr`).
+  const sectionKnown = parts.length === 0 || paths.includes(parts.join('.'));
+  const limit = Math.max(2, Math.floor(key.length / 4));
+  const scored = paths
+    .map((p) => ({ p, d: editDistance(key, p) }))
+    .map(({ p, d }) => ({ p, d: sectionKnown && p.split('.').pop() === last ? Math.min(d, 1) : d }))
+    .filter(({ d }) => d <= limit)
+    .sort((x, y) => x.d - y.d || x.p.localeCompare(y.p))
+    .slice(0, 2)
+    .map(({ p }) => p);
+  return scored.length > 0 ? `; did you mean ${scored.join(' or ')}?` : '';
 }
 
 /** Loads a config file (or the defaults when `path` is undefined) and applies overrides. */

@@ -51,9 +51,12 @@ export const ModelSchema = z
     time_embed_dim: int(1).default(64).describe('Width of the timestep embedding MLP.'),
     hidden: int(1).default(128).describe('Hidden width of the MLP denoiser.'),
     layers: int(1).default(4).describe('Residual layers of the MLP denoiser.'),
-    num_classes: int(0)
-      .default(10)
-      .describe('Classes for conditioning (0 = unconditional); index num_classes is the null class.'),
+    num_classes: z
+      .union([int(0), z.literal('auto')])
+      .default('auto')
+      .describe(
+        "Classes for conditioning: auto (the dataset's label count, 0 for unlabelled data) or a number (0 = unconditional); index num_classes is the null class.",
+      ),
     class_dropout: z
       .number()
       .min(0)

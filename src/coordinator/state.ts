@@ -10,6 +10,7 @@ import type { Config } from '../config/schema.js';
 import type { Dataset } from '../data/dataset.js';
 import { latestValidCheckpoint, writeCheckpoint } from '../model/checkpoint.js';
 import { createDenoiser } from '../model/factory.js';
+import type { ResolvedConfig } from '../config/resolve.js';
 import { disposeParams, type HostTensor } from '../model/params.js';
 import { checkResumeCompatible, type Snapshot } from '../worker/local.js';
 import { decodeSnapshot, encodeSnapshot } from '../worker/transfer.js';
@@ -42,7 +43,7 @@ export class CentralState {
   private readonly shapes: Map<string, number[]>;
 
   private constructor(
-    readonly cfg: Config,
+    readonly cfg: ResolvedConfig,
     shapes: Map<string, number[]>,
     private readonly log?: Logger,
   ) {
@@ -50,7 +51,7 @@ export class CentralState {
   }
 
   /** Opens the run directory: resumes from its newest valid checkpoint when there is one. */
-  static async open(cfg: Config, dataset: Dataset, log?: Logger): Promise<CentralState> {
+  static async open(cfg: ResolvedConfig, dataset: Dataset, log?: Logger): Promise<CentralState> {
     const model = createDenoiser(cfg.model, [...dataset.shape]);
     const init = model.init(cfg.run.seed);
     const shapes = new Map<string, number[]>([...init].map(([n, t]) => [n, [...t.shape]]));

@@ -2,13 +2,13 @@
  * From the `model` section of the config and the dataset's example shape to a Denoiser.
  * Every inconsistency is caught here, before any tensor exists, as one line naming the config key.
  */
-import type { ModelConfig } from '../config/schema.js';
+import type { ResolvedModelConfig } from '../config/resolve.js';
 import { MLPDenoiser } from './mlp.js';
 import type { Denoiser } from './model.js';
 import { UNet } from './unet.js';
 
 /** The denoiser of `model.kind` for examples of shape `dataShape` ([H, W, C] for unet, [D] for mlp). */
-export function createDenoiser(model: ModelConfig, dataShape: readonly number[]): Denoiser {
+export function createDenoiser(model: ResolvedModelConfig, dataShape: readonly number[]): Denoiser {
   validateModel(model, dataShape);
   if (model.kind === 'mlp') {
     return new MLPDenoiser({
@@ -33,7 +33,7 @@ export function createDenoiser(model: ModelConfig, dataShape: readonly number[])
 }
 
 /** Throws a one-line error naming the config key if `model` cannot denoise examples of `dataShape`. */
-export function validateModel(model: ModelConfig, dataShape: readonly number[]): void {
+export function validateModel(model: ResolvedModelConfig, dataShape: readonly number[]): void {
   const shape = `[${dataShape.join(', ')}]`;
   if (dataShape.length === 0 || dataShape.some((d) => !Number.isInteger(d) || d < 1))
     throw new Error(`data shape ${shape} is not a list of positive integers`);

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { validateConfig } from '../config/load.js';
+import { requireResolved, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { encodeGrid, encodeScatter } from '../data/image.js';
 import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
@@ -121,7 +122,7 @@ function smooth(points: Array<[number, number]>, w = 0.9): Array<[number, number
 }
 
 /** A grid of samples from a checkpoint's EMA (cheap: few samples, few DDIM steps). */
-async function checkpointGrid(dir: string, cfg: Config): Promise<Buffer> {
+async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer> {
   const ckpt = await loadCheckpoint(dir);
   const shape = ckpt.state.data_shape as number[];
   const model = createDenoiser(cfg.model, shape);
@@ -187,7 +188,8 @@ export async function writeReport(outDir: string, opts: ReportOptions = {}): Pro
   const newest = ckpts.at(-1);
   if (!newest) throw new Error(`${outDir}: no checkpoint to report on`);
   const last = await loadCheckpoint(newest.dir);
-  const cfg = validateConfig(last.state.config, `${newest.dir}/state.json config`);
+  const source = `${newest.dir}/state.json config`;
+  const cfg = requireResolved(validateConfig(last.state.config, source), source);
   const hist: HistoryEntry[] = readHistory(outDir);
   const at = (f: (e: HistoryEntry) => number): Array<[number, number]> => hist.map((e) => [e.step, f(e)]);
   const lossPts = at((e) => e.loss);

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Config } from '../config/schema.js';
 import { openDataset } from '../data/spec.js';
+import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
 import type { Dataset } from '../data/dataset.js';
 import { readShard, type LoadedShard } from '../data/prefetch.js';
 import { GlobalBatches } from '../data/batches.js';
@@ -67,7 +68,7 @@ export function checkResumeCompatible(saved: Config, cfg: Config, dir: string): 
 
 /** Everything a training process holds between steps. */
 export interface Job {
-  cfg: Config;
+  cfg: ResolvedConfig;
   dataset: Dataset;
   model: Denoiser;
   schedule: Schedule;
@@ -78,7 +79,7 @@ export interface Job {
 }
 
 /** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
-export function createJob(cfg: Config, dataset: Dataset): Job {
+export function createJob(cfg: ResolvedConfig, dataset: Dataset): Job {
   const model = createDenoiser(cfg.model, [...dataset.shape]);
   const schedule = scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps);
   const batches = new GlobalBatches(dataset.size, cfg.train.global_batch, cfg.run.seed, cfg.data.drop_last);
@@ -98,9 +99,14 @@ export function resetJob(job: Job): void {
   job.sampler = fresh.sampler;
 }
 
-/** Builds a job, resuming from the newest valid checkpoint in run.out_dir when there is one. */
-export async function openJob(cfg: Config, log?: Logger): Promise<Job> {
-  const dataset = openDataset(cfg.data);
+/**
+ * Builds a job, resuming from the newest valid checkpoint in run.out_dir when there is one. The
+ * job's config has its data-dependent values (`auto`) decided from the dataset (`opened`, if the
+ * caller opened it already).
+ */
+export async function openJob(config: Config, log?: Logger, opened?: Dataset): Promise<Job> {
+  const dataset = opened ?? openDataset(config.data);
+  const cfg = resolveForDataset(config, dataset);
   const model = createDenoiser(cfg.model, [...dataset.shape]);
   const schedule = scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps);
   const batches = new GlobalBatches(dataset.size, cfg.train.global_batch, cfg.run.seed, cfg.data.drop_last);

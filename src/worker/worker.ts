@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import * as zmq from 'zeromq';
 import { parseConfigText, validateConfig } from '../config/load.js';
+import { requireResolved, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import type { Dataset } from '../data/dataset.js';
 import { openDataset, resolveSpec } from '../data/spec.js';
@@ -126,7 +127,7 @@ export class Worker {
   private advertise = '';
   private workerId = '';
   private jobId = '';
-  private cfg: Config | null = null;
+  private cfg: ResolvedConfig | null = null;
   private job: Job | null = null;
   private loader: Prefetcher | null = null;
   private kept: Kept | null = null;
@@ -368,9 +369,9 @@ export class Worker {
   }
 
   private setUpJob(reg: pb.RegisterReply): void {
-    const cfg = validateConfig(
-      parseConfigText(reg.configYaml, 'job config from the coordinator'),
-      'job config',
+    const cfg = requireResolved(
+      validateConfig(parseConfigText(reg.configYaml, 'job config from the coordinator'), 'job config'),
+      'job config from the coordinator',
     );
     if (this.job && this.jobId === reg.jobId) return;
     if (this.job) {
