@@ -62,6 +62,7 @@ interface PodSpec {
   containers: Container[];
   initContainers?: Container[];
   subdomain?: string;
+  terminationGracePeriodSeconds?: number;
   securityContext?: { runAsUser?: number };
   volumes?: { name: string; configMap?: { name: string }; persistentVolumeClaim?: { claimName: string } }[];
 }
@@ -512,6 +513,21 @@ function checkRendered(objs: K8sObject[], k: Kustomization, what: string): void 
   const cluster = cfg.cluster as Record<string, unknown>;
   const run = cfg.run as Record<string, unknown>;
   assert.equal(cluster.min_workers, n, `${what}: the coordinator's cluster.min_workers = workers=${n}`);
+  // Pod termination sends SIGTERM to every pod at once: the kubelet's SIGKILL must not come before
+  // the cooperative stop is over (workers: cluster.stop_grace_s; the coordinator: that, then the
+  // final checkpoint's write).
+  const grace = Number(cluster.stop_grace_s);
+  assert.ok(grace > 0, `${what}: cluster.stop_grace_s ${String(cluster.stop_grace_s)}`);
+  const wGrace = podSpec(job).terminationGracePeriodSeconds ?? 30;
+  const cGrace = podSpec(deploy).terminationGracePeriodSeconds ?? 30;
+  assert.ok(
+    wGrace >= grace + 5,
+    `${what}: workers' terminationGracePeriodSeconds ${wGrace} < stop_grace_s ${grace} + 5`,
+  );
+  assert.ok(
+    cGrace >= grace + 30,
+    `${what}: coordinator's terminationGracePeriodSeconds ${cGrace} < stop_grace_s ${grace} + 30 (checkpoint write)`,
+  );
   // Checkpoints go to the coordinator's PersistentVolumeClaim.
   const runs = coord.volumeMounts?.find((m) => String(run.out_dir).startsWith(`${m.mountPath}/`));
   assert.ok(runs, `${what}: run.out_dir ${String(run.out_dir)} is on a volume`);

@@ -6,6 +6,7 @@ import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadConfig, configToYaml } from '../config/load.js';
+import { watchParent } from '../util/parent.js';
 import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { openDataset } from '../data/spec.js';
@@ -30,6 +31,7 @@ export interface CoordinatorCliOptions {
   metrics?: string;
   backend?: string;
   pretty?: boolean;
+  exitWithParent?: boolean;
 }
 
 /** The join token: RINGDIFF_TOKEN, else cluster.token; a coordinator without one refuses to start. */
@@ -90,9 +92,25 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
   const log = createLogger({
     job: loaded.run.name,
     pretty: o.pretty ?? false,
-    base: { role: 'coordinator' },
+    base: { role: 'coordinator', pid: process.pid },
     mixin: () => (server ? { step: server.step, generation: server.membership.generation.number } : {}),
   });
+  // One stop per process, whatever asked first: a signal, the parent's exit, a leaving worker.
+  let signalled = false;
+  function stopJob(why: string): void {
+    if (signalled || !server) return;
+    signalled = true;
+    const srvNow = server;
+    log.warn({ signal: why }, 'stopping: asking the workers for a final checkpoint');
+    void srvNow.stop(cfg.cluster.stop_grace_s * 1000).then((ok) => {
+      if (!ok)
+        log.warn(
+          { grace_s: cfg.cluster.stop_grace_s },
+          'no final state from the workers in time; the newest checkpoint on disk stands',
+        );
+      finished();
+    });
+  }
   const backend = await initBackend(o.backend, { quiet: true });
   const dataset = openDataset(loaded.data);
   // Workers receive the resolved config: every process of the job sees numbers, never `auto`.
@@ -134,6 +152,7 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
       },
       onGeneration: (g, n) => metrics.onGeneration(g, n),
       onWorkerDeath: (reason) => metrics.onWorkerDeath(reason),
+      onStopRequested: (why) => stopJob(why),
       onRejected: (m, c) => metrics.onRejected(m, c),
       onCheckpoint: (step, ms, bytes, now) => {
         metrics.onCheckpoint(step, ms, bytes, now);
@@ -179,18 +198,24 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     },
     'coordinator listening',
   );
-  let signalled = false;
+  // A stop asks rank 0 for the final state and waits at most cluster.stop_grace_s: schedulers
+  // (Slurm's KillWait, Kubernetes' grace period) send SIGKILL soon after SIGTERM, and a
+  // coordinator must never wait without a deadline. SIGTERM often arrives twice (scancel signals
+  // every process of the job and the batch script forwards it; systemd and launch likewise): a
+  // repeated SIGTERM changes nothing. A second Ctrl-C (SIGINT) at a terminal exits at once.
   const onSignal = (sig: string) => {
-    if (signalled) process.exit(130);
-    signalled = true;
-    log.warn({ signal: sig }, 'stopping: asking the workers for a final checkpoint');
-    void srv.stop(cfg.cluster.ring_timeout_ms + 30000).then((ok) => {
-      if (!ok) log.warn('no checkpoint from the workers before the deadline; the newest one on disk stands');
-      finished();
-    });
+    if (signalled) {
+      if (sig === 'SIGINT') process.exit(130);
+      log.info({ signal: sig }, 'already stopping');
+      return;
+    }
+    stopJob(sig);
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const onSigint = () => onSignal('SIGINT');
+  const onSigterm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigterm);
+  const unwatch = o.exitWithParent ? watchParent(() => onSignal('parent exited')) : () => {};
   try {
     await done;
     if (!history.flush()) log.error('history.jsonl: entries could not be written before the end');
@@ -201,8 +226,9 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     log.info({ step: state.checkpointStep }, srv.isFinished ? 'done' : 'stopped');
     return 0;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
+    unwatch();
     clearInterval(liveness);
     await srv.close();
     await metricsServer?.close();

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,15 +70,16 @@ export async function launch(o: LaunchOptions): Promise<number> {
 
   const procs: Proc[] = [];
   const start = (name: string, args: string[], extraEnv: Record<string, string> = {}): Proc => {
-    const out = createWriteStream(path.join(logs, `${name}.log`), { flags: 'a' });
+    // The child writes its log file itself (not through a pipe to us): the log goes on, and a
+    // write cannot fail, if launch is gone.
+    const fd = openSync(path.join(logs, `${name}.log`), 'a');
     // Own process group: a terminal's Ctrl-C reaches launch only, which stops the job cleanly.
     const child = spawn(process.execPath, [BIN, ...args], {
       env: { ...env, ...extraEnv },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', fd, fd],
       detached: true,
     });
-    child.stdout?.pipe(out);
-    child.stderr?.pipe(out);
+    closeSync(fd);
     const p: Proc = {
       name,
       child,
@@ -93,8 +94,11 @@ export async function launch(o: LaunchOptions): Promise<number> {
     procs.push(p);
     return p;
   };
+  // --exit-with-parent: if launch itself is killed (SIGKILL), its children stop instead of
+  // living on as orphans holding the port and the run directory.
   const coord = start('coordinator', [
     'coordinator',
+    '--exit-with-parent',
     ...common,
     ...backend,
     '--listen',
@@ -104,7 +108,16 @@ export async function launch(o: LaunchOptions): Promise<number> {
   for (let i = 0; i < o.workers; i++) {
     start(
       `worker-${i}`,
-      ['worker', '--coordinator', address, ...common, ...backend, '--ring-bind', 'tcp://127.0.0.1:0'],
+      [
+        'worker',
+        '--exit-with-parent',
+        '--coordinator',
+        address,
+        ...common,
+        ...backend,
+        '--ring-bind',
+        'tcp://127.0.0.1:0',
+      ],
       {
         RINGDIFF_THREADS: process.env.RINGDIFF_THREADS ?? threads,
       },
@@ -124,7 +137,9 @@ export async function launch(o: LaunchOptions): Promise<number> {
     }
     stopping = true;
     process.stderr.write('\nstopping: the coordinator asks for a final checkpoint (Ctrl-C again to kill)\n');
-    coord.child.kill('SIGINT');
+    // SIGTERM, which the coordinator may also get directly (systemd, a process-group kill): a
+    // repeated SIGTERM changes nothing there, a repeated SIGINT would end it at once.
+    coord.child.kill('SIGTERM');
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);

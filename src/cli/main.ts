@@ -72,6 +72,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--set <key=value>', 'override a config key (repeatable)', collect, [])
     .option('--listen <host:port>', 'gRPC address (port 0 = any free port)', '0.0.0.0:7070')
     .option('--metrics <host:port>', 'serve Prometheus /metrics here')
+    .option('--exit-with-parent', 'stop (with a final checkpoint) when the process that started it exits')
     .addOption(backendOpt())
     .option('--pretty', 'human-readable logs instead of JSON')
     .action(async (o) => {
@@ -98,6 +99,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--ring-advertise <endpoint>', 'ring endpoint peers connect to (default: the bound one)')
     .option('--host <name>', 'host identity for the ring order (default: hostname)')
     .option('--metrics <host:port>', "serve this worker's Prometheus /metrics here")
+    .option('--exit-with-parent', 'leave the job (as on SIGTERM) when the process that started it exits')
     .option(
       '--retry-for <seconds>',
       'keep retrying a lost coordinator this long',

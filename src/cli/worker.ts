@@ -5,6 +5,7 @@ import { initBackend } from '../model/backend/index.js';
 import { Worker, FatalWorkerError } from '../worker/worker.js';
 import { WorkerMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
 import { createLogger } from '../util/log.js';
+import { watchParent } from '../util/parent.js';
 import { clientTls, joinToken } from './coordinator.js';
 
 export interface WorkerCliOptions {
@@ -20,6 +21,7 @@ export interface WorkerCliOptions {
   backend?: string;
   pretty?: boolean;
   retryFor: number;
+  exitWithParent?: boolean;
 }
 
 /** Runs a worker until its job finishes or is stopped; the exit code. */
@@ -62,21 +64,44 @@ export async function runWorker(o: WorkerCliOptions): Promise<number> {
     metrics = new WorkerMetrics(local.run.name, `${host}:${process.pid}`);
     metricsServer = await serveMetrics(metrics.registry, o.metrics);
   }
+  // SIGTERM (scancel, a pod's termination, systemd, the parent's exit): leave cooperatively. The
+  // coordinator stops the job with a final checkpoint when the others cannot go on without this
+  // worker (every process of a cancelled job gets SIGTERM at once), else releases it at once. The
+  // worker keeps its part until then, and exits at the latest after cluster.stop_grace_s.
   let stopping = false;
-  const onSignal = () => {
-    if (stopping) process.exit(130);
+  const onSignal = (why: string) => {
+    if (stopping) {
+      log.info({ signal: why }, 'already leaving');
+      return;
+    }
     stopping = true;
-    log.warn('signal: leaving the job (the coordinator re-forms the ring without this worker)');
-    process.exit(143);
+    const grace = worker?.stopGraceS ?? local.cluster.stop_grace_s;
+    log.warn({ signal: why, grace_s: grace }, 'asked to stop: leaving the job once the coordinator allows');
+    setTimeout(() => {
+      log.warn({ grace_s: grace }, 'grace period over: leaving the job now');
+      process.exit(143);
+    }, grace * 1000).unref();
+    worker?.leave(why).then(
+      (jobStops) =>
+        log.info(jobStops ? 'the job stops: waiting for its STOP' : 'released: the ring re-forms without us'),
+      (e: unknown) =>
+        log.warn(
+          { error: (e as Error).message },
+          'could not tell the coordinator; leaving at the grace deadline',
+        ),
+    );
   };
-  process.on('SIGTERM', onSignal);
+  const onSigterm = () => onSignal('SIGTERM');
+  process.on('SIGTERM', onSigterm);
+  const unwatch = o.exitWithParent ? watchParent(() => onSignal('parent exited')) : () => {};
   process.on('SIGINT', () =>
     log.info('SIGINT ignored: the coordinator stops the job (launch forwards Ctrl-C to it)'),
   );
   try {
     const outcome = await worker.run();
     log.info({ outcome }, 'worker done');
-    return 0;
+    // Released from a running job on request: it goes on without us (shell convention for SIGTERM).
+    return outcome === 'left' ? 143 : 0;
   } catch (e) {
     if (e instanceof FatalWorkerError) {
       log.error({ error: e.message }, 'worker failed');
@@ -84,6 +109,8 @@ export async function runWorker(o: WorkerCliOptions): Promise<number> {
     }
     throw e;
   } finally {
+    unwatch();
+    process.off('SIGTERM', onSigterm);
     await metricsServer?.close();
   }
 }

@@ -161,6 +161,12 @@ export const ClusterSchema = z
       .string()
       .default('')
       .describe('Join token every worker RPC carries (env RINGDIFF_TOKEN wins; launch generates one).'),
+    stop_grace_s: int(1)
+      .max(3600)
+      .default(20)
+      .describe(
+        "On SIGTERM, how long processes wait for the final checkpoint before they exit, in s (under Slurm's default KillWait of 30 s).",
+      ),
     ring_timeout_ms: int(1)
       .default(60000)
       .describe(

@@ -60,6 +60,8 @@ export interface CoordinatorEvents {
   onReport?(w: { id: string; host: string; rank: number }, r: pb.StepReport, nowMs: number): void;
   onGeneration?(generation: number, worldSize: number): void;
   onWorkerDeath?(reason: string): void;
+  /** A leaving worker means the job must stop (see `leave`): the process should call `stop`. */
+  onStopRequested?(why: string): void;
   onRejected?(method: string, code: string): void;
   onCheckpoint?(step: number, ms: number, bytes: number, nowMs: number): void;
   onEmaSync?(emaStep: number): void;
@@ -124,6 +126,7 @@ export class CoordinatorServer {
       heartbeat: this.unary('Heartbeat', (r: pb.HeartbeatRequest) => this.heartbeat(r)),
       report: this.unary('Report', (r: pb.StepReport) => this.report(r)),
       reportFailure: this.unary('ReportFailure', (r: pb.FailureReport) => this.failure(r)),
+      leave: this.unary('Leave', (r: pb.LeaveRequest) => this.leave(r)),
       status: this.unary('Status', () => this.status(), false),
       plans: (call: grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>) => this.plans(call),
       pushState: (
@@ -515,6 +518,34 @@ export class CoordinatorServer {
     for (const s of this.streams.values()) s.end();
     this.streams.clear();
     return ok;
+  }
+
+  /**
+   * A worker asked to stop (SIGTERM). When fewer than min_workers would be left, the job stops the
+   * way a signalled coordinator stops it (STOP to everyone, rank 0 pushes the final state; the
+   * leaver is still in the ring and may be rank 0): `onStopRequested` lets the process run that
+   * stop. Otherwise the others hold the same state: the worker is released at once and the ring
+   * re-formed without it.
+   */
+  private leave(r: pb.LeaveRequest): pb.ILeaveReply {
+    const m = this.member('Leave', r.workerId);
+    if (this.finished || this.stopping) return { jobStopping: true };
+    const reason = r.reason.slice(0, 200);
+    if (this.membership.alive().length - 1 < this.opts.minWorkers) {
+      this.opts.log?.warn(
+        { worker: m.id, reason },
+        'a worker is leaving and the others cannot go on without it: stopping the job',
+      );
+      this.opts.events?.onStopRequested?.(`worker ${m.id} leaving (${reason})`);
+      return { jobStopping: true };
+    }
+    this.opts.log?.warn({ worker: m.id, reason }, 'worker leaving: re-forming the ring without it');
+    this.membership.remove(m.id, 'left');
+    this.opts.events?.onWorkerDeath?.('left');
+    this.streams.get(m.id)?.end();
+    this.streams.delete(m.id);
+    this.tick(Date.now());
+    return { jobStopping: false };
   }
 
   private failure(r: pb.FailureReport): pb.IFailureReply {

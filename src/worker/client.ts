@@ -63,6 +63,9 @@ export class CoordinatorClient {
   reportFailure(r: pb.IFailureReport): Promise<pb.FailureReply> {
     return this.call('reportFailure', r);
   }
+  leave(r: pb.ILeaveRequest): Promise<pb.LeaveReply> {
+    return this.call('leave', r);
+  }
   status(): Promise<pb.StatusReply> {
     return this.call('status', {});
   }

@@ -83,7 +83,7 @@ export interface StepRecord {
 }
 
 /** How a worker's run ended. */
-export type WorkerOutcome = 'finished' | 'stopped';
+export type WorkerOutcome = 'finished' | 'stopped' | 'left';
 
 /** A problem no retry can fix (bad token, bad config, diverged weights): the worker exits non-zero. */
 export class FatalWorkerError extends Error {}
@@ -146,6 +146,8 @@ export class Worker {
   private generation = 0;
   private rank = -1;
   private heartbeats: Heartbeats | null = null;
+  /** Set by `leave()`: once out of the ring (released or stopped), run() returns instead of rejoining. */
+  private leaving = false;
   private readonly log: Logger;
 
   constructor(private readonly o: WorkerOptions) {
@@ -160,6 +162,25 @@ export class Worker {
 
   get info(): { generation: number; rank: number } {
     return { generation: this.generation, rank: this.rank };
+  }
+
+  /** The job's cluster.stop_grace_s once registered (the coordinator's config), else null. */
+  get stopGraceS(): number | null {
+    return this.cfg?.cluster.stop_grace_s ?? null;
+  }
+
+  /**
+   * Asks to leave the job (SIGTERM): the coordinator either stops the whole job — a STOP plan
+   * follows, the step in flight is abandoned, rank 0 (possibly this worker) pushes the final state
+   * — or releases this worker at once and re-forms the ring without it. Either way `run()` then
+   * returns ('stopped' or 'left') instead of rejoining. Resolves with whether the job stops; throws
+   * when the coordinator cannot be told (the caller's grace deadline still bounds the exit).
+   */
+  async leave(reason: string): Promise<boolean> {
+    this.leaving = true;
+    if (!this.workerId) throw new Error('not registered yet');
+    const r = await this.client.leave({ workerId: this.workerId, reason });
+    return r.jobStopping;
   }
 
   /** Runs until the job finishes or is stopped; throws FatalWorkerError on unrecoverable errors. */
@@ -183,6 +204,8 @@ export class Worker {
           end = 'lost';
         }
         if (end === 'finished' || end === 'stopped') return end;
+        // Released by the coordinator after `leave()`: our plan stream ended on purpose.
+        if (this.leaving) return 'left';
         // A lost plan stream may mean the coordinator went on without us (we were silent past the
         // heartbeat timeout: frozen, partitioned): then we are fenced just the same.
         if (end === 'lost' && (await this.fencedByCoordinator())) end = 'fenced';
@@ -462,8 +485,10 @@ export class Worker {
     if (ring && !ring.isClosed) await ring.close().catch(() => {});
   }
 
+  /** The generation must end before its next step: a new plan, the stream's end, fencing, or leaving. */
   private interrupted(): boolean {
-    return this.pending !== null || this.streamEnded || this.fenced;
+    // Leaving: no new step starts; the coordinator's STOP or release (or the grace deadline) follows.
+    return this.pending !== null || this.streamEnded || this.fenced || this.leaving;
   }
 
   private async openRing(plan: pb.Plan, cfg: Config): Promise<Ring> {
