@@ -18,11 +18,12 @@ import { initBackend } from '../src/model/backend/index.js';
 import { nativeGemmInfo, setNativeThreads } from '../src/model/backend/native.js';
 import { loadConfig } from '../src/config/load.js';
 import { resolveForDataset } from '../src/config/resolve.js';
-import { createDenoiser } from '../src/model/factory.js';
+import { createDenoiser } from '../src/model/nets/factory.js';
 import { countParams, disposeParams } from '../src/model/params.js';
-import { scheduleFor } from '../src/model/schedule.js';
-import { UniformSampler } from '../src/model/timesteps.js';
-import { initialState, optimizerStep, shardGradients, updateEma, disposeState } from '../src/model/train.js';
+import { scheduleFor } from '../src/model/diffusion/schedule.js';
+import { UniformSampler } from '../src/model/diffusion/timesteps.js';
+import { initialState, optimizerStep, updateEma, disposeState } from '../src/model/optim.js';
+import { shardGradients } from '../src/model/train.js';
 import { Purpose, stream } from '../src/model/rng.js';
 import { intOption } from '../src/cli/common.js';
 

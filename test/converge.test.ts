@@ -9,8 +9,9 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { loadConfig } from '../src/config/load.js';
 import { initBackend } from '../src/model/backend/index.js';
-import { closeJob, openJob, trainStep } from '../src/worker/local.js';
-import { drawSamples } from '../src/model/sample.js';
+import { closeJob, openJob } from '../src/job/job.js';
+import { trainStep } from '../src/job/step.js';
+import { drawSamples } from '../src/model/sampling/sample.js';
 import { EIGHT_GAUSSIAN_CENTRES } from '../src/data/toy.js';
 
 /** Fraction of points within `radius` of a centre, and the share of those near each centre. */

@@ -2,20 +2,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import { cpuBackend, meanVar } from './helpers.js';
-import { scheduleFor, type Schedule } from '../src/model/schedule.js';
-import {
-  ddimSample,
-  ddpmSample,
-  epsFromX0,
-  guidedEps,
-  noiseFor,
-  perExampleMse,
-  predictX0,
-  qPosterior,
-  qSample,
-  stridedTimesteps,
-  type EpsFn,
-} from '../src/model/diffusion.js';
+import { scheduleFor, type Schedule } from '../src/model/diffusion/schedule.js';
+import { ddimSample, stridedTimesteps } from '../src/model/sampling/ddim.js';
+import { ddpmSample } from '../src/model/sampling/ddpm.js';
+import { epsFromX0, predictX0, qPosterior, qSample } from '../src/model/diffusion/process.js';
+import { guidedEps, type EpsFn } from '../src/model/sampling/guidance.js';
+import { noiseFor } from '../src/model/rng.js';
+import { perExampleMse } from '../src/model/diffusion/loss.js';
 import { Purpose } from '../src/model/rng.js';
 
 await cpuBackend();

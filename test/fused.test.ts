@@ -16,9 +16,9 @@ import {
   nativeKernelCalls,
   registerCpuNative,
 } from '../src/model/backend/native.js';
-import { groupNorm, groupNormSilu } from '../src/model/nn.js';
+import { groupNorm, groupNormSilu } from '../src/model/nets/layers.js';
 import type { Params } from '../src/model/params.js';
-import { initialState, optimizerStep, updateEma, disposeState, type TrainState } from '../src/model/train.js';
+import { initialState, optimizerStep, updateEma, disposeState, type TrainState } from '../src/model/optim.js';
 import { TrainSchema } from '../src/config/schema.js';
 
 tf.enableProdMode();

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ModelSchema } from '../src/config/schema.js';
 import type { ResolvedModelConfig as ModelConfig } from '../src/config/resolve.js';
-import { createDenoiser } from '../src/model/factory.js';
-import { MLPDenoiser } from '../src/model/mlp.js';
-import type { Denoiser } from '../src/model/model.js';
+import { createDenoiser } from '../src/model/nets/factory.js';
+import { MLPDenoiser } from '../src/model/nets/mlp.js';
+import type { Denoiser } from '../src/model/nets/denoiser.js';
 import {
   conv2d,
   countSpecs,
@@ -15,9 +15,9 @@ import {
   timestepEmbedding,
   upsampleConv2d,
   upsampleNearest2x,
-} from '../src/model/nn.js';
+} from '../src/model/nets/layers.js';
 import { countParams, disposeParams, sortedNames, type Params } from '../src/model/params.js';
-import { UNet } from '../src/model/unet.js';
+import { UNet } from '../src/model/nets/unet.js';
 
 await tf.setBackend('cpu');
 tf.enableProdMode();

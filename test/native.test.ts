@@ -13,7 +13,7 @@ import {
   setNativeThreads,
   trimNativeBuffers,
 } from '../src/model/backend/native.js';
-import { groupNorm, silu, upsampleNearest2x } from '../src/model/nn.js';
+import { groupNorm, silu, upsampleNearest2x } from '../src/model/nets/layers.js';
 import type { Params } from '../src/model/params.js';
 
 tf.enableProdMode();

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { betaSchedule, makeSchedule, scheduleFor } from '../src/model/schedule.js';
+import { betaSchedule, makeSchedule, scheduleFor } from '../src/model/diffusion/schedule.js';
 
 test('linear schedule, T = 1000: end points and ᾱ_T against the closed form', () => {
   const s = scheduleFor('linear', 1000);

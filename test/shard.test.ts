@@ -50,9 +50,10 @@ test('random flip is drawn per example position, independent of the sharding', (
   // 2-D toy data is never flipped; check the shard/position keying on the toy set.
   const ds = toyDataset('8gaussians', 100, 0);
   const init = { data, seed: 4, globalBatch: 10 };
-  const whole = readShard(ds, init, { step: 2, from: 0, to: 10 });
-  const a = readShard(ds, init, { step: 2, from: 0, to: 4 });
-  const b = readShard(ds, init, { step: 2, from: 4, to: 10 });
+  const batches = () => new GlobalBatches(ds.size, 10, 4, data.drop_last);
+  const whole = readShard(ds, init, { step: 2, from: 0, to: 10 }, batches());
+  const a = readShard(ds, init, { step: 2, from: 0, to: 4 }, batches());
+  const b = readShard(ds, init, { step: 2, from: 4, to: 10 }, batches());
   assert.deepEqual([...a.x0, ...b.x0], [...whole.x0]);
 });
 

@@ -7,7 +7,7 @@ import {
   createSampler,
   drawTimesteps,
   inverseCdf,
-} from '../src/model/timesteps.js';
+} from '../src/model/diffusion/timesteps.js';
 
 test('loss-second-moment: uniform until every t has a full history', () => {
   const s = new LossSecondMomentSampler(4, 3, 0.001);

@@ -9,20 +9,15 @@ import { runInNewContext } from 'node:vm';
 import { cpuBackend, relErr } from './helpers.js';
 import { loadConfig } from '../src/config/load.js';
 import { resolveForDataset } from '../src/config/resolve.js';
-import { createDenoiser } from '../src/model/factory.js';
+import { createDenoiser } from '../src/model/nets/factory.js';
 import { disposeParams, sortedNames, type Params } from '../src/model/params.js';
-import { scheduleFor } from '../src/model/schedule.js';
-import { LossSecondMomentSampler } from '../src/model/timesteps.js';
-import {
-  applyUpdate,
-  emaDecay,
-  initialState,
-  learningRate,
-  shardGradients,
-  type Shard,
-  type StepContext,
-} from '../src/model/train.js';
-import { closeJob, openJob, saveCheckpoint, trainStep } from '../src/worker/local.js';
+import { scheduleFor } from '../src/model/diffusion/schedule.js';
+import { LossSecondMomentSampler } from '../src/model/diffusion/timesteps.js';
+import { applyUpdate, emaDecay, initialState, learningRate } from '../src/model/optim.js';
+import { shardGradients, type Shard, type StepContext } from '../src/model/train.js';
+import { closeJob, openJob } from '../src/job/job.js';
+import { saveCheckpoint } from '../src/job/snapshot.js';
+import { trainStep } from '../src/job/step.js';
 import { Purpose, stream } from '../src/model/rng.js';
 import { writeReport } from '../src/telemetry/report.js';
 

@@ -5,8 +5,10 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { cpuBackend } from './helpers.js';
 import { loadConfig } from '../src/config/load.js';
-import { closeJob, openJob, restoreSnapshot, snapshot, trainStep } from '../src/worker/local.js';
-import { decodeSnapshot, encodeSnapshot } from '../src/worker/transfer.js';
+import { closeJob, openJob } from '../src/job/job.js';
+import { restoreSnapshot, snapshot } from '../src/job/snapshot.js';
+import { trainStep } from '../src/job/step.js';
+import { decodeSnapshot, encodeSnapshot } from '../src/job/transfer.js';
 import { sortedNames } from '../src/model/params.js';
 
 await cpuBackend();

@@ -7,16 +7,18 @@ import { openDataset } from '../data/spec.js';
 import type { Config } from '../config/schema.js';
 import { initBackend } from '../model/backend/index.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { closeJob, openJob, runPath, saveCheckpoint, trainStep, type Job } from '../worker/local.js';
-import { drawSamples } from '../model/sample.js';
+import { closeJob, openJob, runPath, type Job } from '../job/job.js';
+import { saveCheckpoint } from '../job/snapshot.js';
+import { trainStep } from '../job/step.js';
+import { drawSamples } from '../model/sampling/sample.js';
 import { DEFAULT_DATASET_MODULE, Prefetcher } from '../data/prefetch.js';
 import { writeSamplesPng } from '../data/image.js';
 import { writeNpyFloat32 } from '../data/npy.js';
 import { HistoryWriter } from '../telemetry/history.js';
 import { writeReport } from '../telemetry/report.js';
-import type { Denoiser } from '../model/model.js';
+import type { Denoiser } from '../model/nets/denoiser.js';
 import type { Params } from '../model/params.js';
-import type { Schedule } from '../model/schedule.js';
+import type { Schedule } from '../model/diffusion/schedule.js';
 
 export interface TrainOptions {
   config?: string;

@@ -62,27 +62,36 @@ export const ModelSchema = z
       .min(0)
       .max(1)
       .default(0.1)
-      .describe('Probability of replacing the label by the null class in training.'),
+      .describe(
+        'Probability of replacing the label by the null class in training (0.1, as in Ho & Salimans 2022).',
+      ),
   })
   .prefault({});
 
 export const DiffusionSchema = z
   .strictObject({
-    timesteps: int(2).default(1000).describe('Number of diffusion steps T.'),
-    schedule: z.enum(['linear', 'cosine', 'sigmoid']).default('linear').describe('Noise schedule β_t.'),
+    timesteps: int(2).default(1000).describe('Number of diffusion steps T (1000 as in DDPM, Ho et al. 2020).'),
+    // The names of schedules, samplers and model kinds are stored in checkpoints: once committed, a
+    // name never changes meaning (docs/design.md §8); a changed recipe gets a new name.
+    schedule: z
+      .enum(['linear', 'cosine', 'sigmoid'])
+      .default('linear')
+      .describe('Noise schedule β_t (linear 1e-4…0.02 is DDPM\'s; cosine is Improved DDPM\'s).'),
     timestep_sampler: z
       .enum(['uniform', 'loss-second-moment'])
       .default('uniform')
       .describe(
         'Timestep distribution in training; loss-second-moment is Improved DDPM importance sampling.',
       ),
-    history_per_term: int(1).default(10).describe('Losses kept per timestep by loss-second-moment.'),
+    history_per_term: int(1)
+      .default(10)
+      .describe('Losses kept per timestep by loss-second-moment (10, as in Improved DDPM).'),
     uniform_prob: z
       .number()
       .min(0)
       .max(1)
       .default(0.001)
-      .describe('Uniform mixture weight of loss-second-moment.'),
+      .describe('Uniform mixture weight of loss-second-moment (0.001, as in Improved DDPM).'),
     sigma: z
       .enum(['beta', 'posterior'])
       .default('beta')
@@ -101,14 +110,25 @@ export const TrainSchema = z
     microbatch: int(0)
       .default(0)
       .describe('Largest batch run through the model at once (0 = no limit); gradients accumulate.'),
-    lr: z.number().positive().default(2e-3).describe('Peak learning rate.'),
+    lr: z
+      .number()
+      .positive()
+      .default(2e-3)
+      .describe(
+        'Peak learning rate (2e-3 for the small default models and short runs; DDPM used 2e-4 for its 35.7 M-parameter U-Net).',
+      ),
     warmup_steps: int(0).default(100).describe('Linear learning-rate warm-up, in steps.'),
     beta1: z.number().min(0).lt(1).default(0.9).describe('Adam β1.'),
     beta2: z.number().min(0).lt(1).default(0.999).describe('Adam β2.'),
     adam_eps: z.number().positive().default(1e-8).describe('Adam ε.'),
     weight_decay: z.number().min(0).default(0).describe('Decoupled weight decay (AdamW); 0 = Adam.'),
-    grad_clip: z.number().min(0).default(1).describe('Global gradient-norm clip (0 = off).'),
-    ema_decay: z.number().min(0).max(1).default(0.995).describe('EMA decay of the weights.'),
+    grad_clip: z.number().min(0).default(1).describe('Global gradient-norm clip (0 = off; 1, as in DDPM).'),
+    ema_decay: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.995)
+      .describe('EMA decay of the weights (0.995 for short runs; DDPM used 0.9999 over 800k steps).'),
     ema_warmup: z
       .boolean()
       .default(true)

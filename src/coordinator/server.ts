@@ -11,7 +11,7 @@ import { shardPlan } from '../data/shard.js';
 import type { Dataset } from '../data/dataset.js';
 import { GlobalBatches } from '../data/batches.js';
 import { readShard } from '../data/prefetch.js';
-import { ChunkAssembler, toChunks } from '../worker/transfer.js';
+import { ChunkAssembler, toChunks } from '../job/transfer.js';
 import { PUSH_REASONS, type CentralState, type PushReason } from './state.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../util/log.js';
@@ -462,7 +462,7 @@ export class CoordinatorServer {
         grpc.status.INVALID_ARGUMENT,
         `from/to: [${r.from}, ${r.to}) is not inside [0, ${B})`,
       );
-    this.batches ??= new GlobalBatches(job.dataset.size, B, job.cfg.run.seed, job.cfg.data.drop_last);
+    this.batches ??= GlobalBatches.forConfig(job.dataset.size, job.cfg);
     const shard = readShard(
       job.dataset,
       { data: job.cfg.data, seed: job.cfg.run.seed, globalBatch: B },

@@ -9,11 +9,12 @@ import * as grpc from '@grpc/grpc-js';
 import type { Config } from '../config/schema.js';
 import type { Dataset } from '../data/dataset.js';
 import { latestValidCheckpoint, writeCheckpoint } from '../model/checkpoint.js';
-import { createDenoiser } from '../model/factory.js';
+import { createDenoiser } from '../model/nets/factory.js';
 import type { ResolvedConfig } from '../config/resolve.js';
 import { disposeParams, type HostTensor } from '../model/params.js';
-import { checkResumeCompatible, type Snapshot } from '../worker/local.js';
-import { decodeSnapshot, encodeSnapshot } from '../worker/transfer.js';
+import { checkResumeCompatible } from '../job/resume.js';
+import { type Snapshot } from '../job/snapshot.js';
+import { decodeSnapshot, encodeSnapshot } from '../job/transfer.js';
 import type { Logger } from '../util/log.js';
 import { RpcError } from './rpc-error.js';
 

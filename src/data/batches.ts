@@ -45,6 +45,14 @@ export class GlobalBatches {
     }
   }
 
+  /** The global batches of a job's config (train.global_batch, run.seed, data.drop_last). */
+  static forConfig(
+    size: number,
+    cfg: { run: { seed: number }; train: { global_batch: number }; data: { drop_last: boolean } },
+  ): GlobalBatches {
+    return new GlobalBatches(size, cfg.train.global_batch, cfg.run.seed, cfg.data.drop_last);
+  }
+
   /** Batches per epoch when the tail is dropped. */
   get batchesPerEpoch(): number {
     return Math.floor(this.size / this.B);

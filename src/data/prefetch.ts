@@ -47,7 +47,7 @@ export function readShard(
   dataset: Dataset,
   init: Pick<LoaderInit, 'data' | 'seed' | 'globalBatch'>,
   req: Pick<LoaderRequest, 'step' | 'from' | 'to'>,
-  batches = new GlobalBatches(dataset.size, init.globalBatch, init.seed, init.data.drop_last),
+  batches: GlobalBatches,
 ): LoadedShard {
   const idx = batches.indices(req.step, req.from, req.to);
   const size = exampleSize(dataset);

@@ -164,3 +164,19 @@ export class Stream {
 export function stream(seed: number, step: number, index: number, purpose: Purpose): Stream {
   return new Stream(seed, step, index, purpose);
 }
+
+/** Standard normals for examples [offset, offset+n) of one draw, each from its own counter stream. */
+export function noiseFor(
+  seed: number,
+  step: number,
+  offset: number,
+  n: number,
+  exampleSize: number,
+  purpose: Purpose,
+): Float32Array {
+  const out = new Float32Array(n * exampleSize);
+  for (let i = 0; i < n; i++) {
+    stream(seed, step, offset + i, purpose).normals(out.subarray(i * exampleSize, (i + 1) * exampleSize));
+  }
+  return out;
+}

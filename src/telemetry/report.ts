@@ -12,11 +12,11 @@ import { requireResolved, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { encodeGrid, encodeScatter } from '../data/image.js';
 import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
-import { createDenoiser } from '../model/factory.js';
+import { createDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
-import { drawSamples } from '../model/sample.js';
-import { scheduleFor } from '../model/schedule.js';
-import { createSampler, type SamplerState } from '../model/timesteps.js';
+import { drawSamples } from '../model/sampling/sample.js';
+import { scheduleFor } from '../model/diffusion/schedule.js';
+import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readHistory, type HistoryEntry } from './history.js';
 

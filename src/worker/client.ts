@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
-import { ChunkAssembler, toChunks } from './transfer.js';
+import { ChunkAssembler, toChunks } from '../job/transfer.js';
 
 import pb = ringdiff.v1;
 

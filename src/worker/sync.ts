@@ -1,6 +1,6 @@
 /**
  * The start of a generation: the new ring agrees on one state before the first step, with no
- * round trip to the coordinator (DESIGN.md, "the commit problem").
+ * round trip to the coordinator (docs/design.md §4).
  *
  * 1. All-gather every rank's committed step; the newest, S, wins (the lowest rank holding it is
  *    the root).
@@ -12,9 +12,10 @@
  */
 import type { Ring } from '../allreduce/ring.js';
 import { RingTimeoutError } from '../allreduce/errors.js';
-import { restoreSnapshot, snapshot, type Job } from './local.js';
-import { commitReduced } from './step.js';
-import { decodeSnapshot, encodeSnapshot } from './transfer.js';
+import { restoreSnapshot, snapshot } from '../job/snapshot.js';
+import { type Job } from '../job/job.js';
+import { commitReduced } from '../job/step.js';
+import { decodeSnapshot, encodeSnapshot } from '../job/transfer.js';
 
 export interface SyncResult {
   /** Step every rank is at after the sync. */

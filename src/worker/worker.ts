@@ -1,7 +1,7 @@
 /**
  * A worker process of a distributed job: registers with the coordinator, heartbeats, follows the
  * stream of plans and, per generation, opens a ring, syncs state with its peers and runs fused
- * data-parallel steps on its shard of each global batch (DESIGN.md, "one step on one worker").
+ * data-parallel steps on its shard of each global batch (docs/design.md §3).
  *
  * State is only changed by a completed step's commit (or by a sync at the start of a generation),
  * so any failure — a dead peer, a new plan, a lost coordinator — leaves it at its last commit.
@@ -22,10 +22,11 @@ import type { Logger } from '../util/log.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
 import { CoordinatorClient } from './client.js';
 import { Heartbeats, credentialsFrom, type TlsPem } from './heartbeat.js';
-import { createJob, resetJob, restoreSnapshot, snapshot, type Job, type Snapshot } from './local.js';
-import { fusedStep } from './step.js';
+import { createJob, resetJob, type Job } from '../job/job.js';
+import { restoreSnapshot, snapshot, type Snapshot } from '../job/snapshot.js';
+import { fusedStep } from '../job/step.js';
 import { syncGeneration, type Kept } from './sync.js';
-import { decodeSnapshot, encodeSnapshot } from './transfer.js';
+import { decodeSnapshot, encodeSnapshot } from '../job/transfer.js';
 
 import pb = ringdiff.v1;
 import { freePort } from '../util/net.js';
@@ -428,7 +429,7 @@ export class Worker {
       ? new Prefetcher({
           data,
           seed: cfg.run.seed,
-          globalBatch: cfg.train.global_batch,
+          globalBatch: this.job.batches.B,
           module: DEFAULT_DATASET_MODULE,
         })
       : null;
@@ -605,6 +606,16 @@ export class Worker {
     if (!shardRange)
       throw new Error(`plan of generation ${plan.generation} has no shard for rank ${plan.rank}`);
     const range = { from: shardRange.from ?? 0, to: shardRange.to ?? 0 };
+    // The plan splits the job's global batch; a plan for another batch size is not ours to run.
+    const planB = plan.shards.at(-1)?.to ?? 0;
+    if (planB !== job.batches.B)
+      throw new FatalWorkerError(
+        `plan of generation ${plan.generation} splits a global batch of ${planB}, this job's is ${job.batches.B}`,
+      );
+    log.info(
+      { global_batch: job.batches.B, world: plan.worldSize, shard: [range.from, range.to] },
+      'shard of each global batch',
+    );
     this.loader?.drop();
     const acc = new StepAverages();
     while (job.state.step < total) {

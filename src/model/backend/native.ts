@@ -15,16 +15,12 @@
  * Each override falls back to the original `cpu` kernel for what the addon does not handle
  * (non-float32 dtypes, NCHW, exotic bias broadcasts), so the backend is always complete.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import { hasFunctions, loadAddon, type Act, type Floats, type KernelAddon } from '../../native/addon.js';
 
 export const CPU_NATIVE = 'cpu-native';
-const ADDON_PATH = join('native', 'build', 'Release', 'ringdiff_native.node');
 
 /** What `registerCpuNative` found. */
 export interface NativeStatus {
@@ -36,9 +32,6 @@ export interface NativeStatus {
   /** Threads the kernels use (RINGDIFF_THREADS, else the host's available parallelism). */
   threads: number;
 }
-
-type Floats = Float32Array;
-type Act = 0 | 1 | 2 | 3 | 4 | 5 | 6;
 
 // Operation codes shared with native/src (Act in kernels.h, BinaryOp/UnaryOp in elementwise.h).
 const BINARY = { add: 0, sub: 1, mul: 2, div: 3, squaredDifference: 4, maximum: 5, minimum: 6 } as const;
@@ -55,129 +48,39 @@ const UNARY = {
   reciprocal: 9,
 } as const;
 
-/** The addon's exports (native/src/addon.cc). */
-interface Addon {
-  conv2d(
-    x: Floats,
-    filter: Floats,
-    y: Floats,
-    geom: Int32Array,
-    bias: Floats | null,
-    act: Act,
-    alpha: number,
-    prelu: Floats | null,
-  ): void;
-  conv2dBackpropInput(dy: Floats, filter: Floats, dx: Floats, geom: Int32Array): void;
-  conv2dBackpropFilter(x: Floats, dy: Floats, dw: Floats, geom: Int32Array): void;
-  matmul(
-    a: Floats,
-    b: Floats,
-    out: Floats,
-    dims: Int32Array,
-    aIdx: Int32Array,
-    bIdx: Int32Array,
-    bias: Floats | null,
-    act: Act,
-    alpha: number,
-    prelu: Floats | null,
-  ): void;
-  binary(
-    op: number,
-    a: Floats,
-    aShape: Int32Array,
-    b: Floats,
-    bShape: Int32Array,
-    out: Floats,
-    outShape: Int32Array,
-  ): void;
-  reduceSum(x: Floats, shape: Int32Array, reduceMask: Int32Array, out: Floats, scale: number): void;
-  slice(x: Floats, shape: Int32Array, begin: Int32Array, size: Int32Array, out: Floats): void;
-  tile(x: Floats, shape: Int32Array, reps: Int32Array, out: Floats): void;
-  unary(op: number, x: Floats, out: Floats, alpha: number): void;
-  concat(xs: Floats[], inner: Int32Array, outer: number, out: Floats): void;
-  transpose(x: Floats, shape: Int32Array, perm: Int32Array, out: Floats): void;
-  pad(x: Floats, shape: Int32Array, before: Int32Array, after: Int32Array, value: number, out: Floats): void;
-  groupNorm(
-    x: Floats,
-    gamma: Floats,
-    beta: Floats,
-    y: Floats,
-    mean: Floats,
-    rstd: Floats,
-    dims: Int32Array,
-    eps: number,
-    silu: boolean,
-  ): void;
-  groupNormGrad(
-    x: Floats,
-    gamma: Floats,
-    beta: Floats,
-    mean: Floats,
-    rstd: Floats,
-    dy: Floats,
-    dx: Floats,
-    dgamma: Floats,
-    dbeta: Floats,
-    dims: Int32Array,
-    eps: number,
-    silu: boolean,
-  ): void;
-  adam(
-    p: Floats,
-    m: Floats,
-    v: Floats,
-    g: Floats,
-    pOut: Floats,
-    mOut: Floats,
-    vOut: Floats,
-    consts: Floats,
-  ): void;
-  ema(e: Floats, w: Floats, out: Floats, d: number, omd: number): void;
-  setThreads(pool: number): void;
-  /** 'auto', 'avx512', 'avx2', 'generic' or 'openblas'; false (nothing changed) if it cannot run here. */
-  setGemm(name: string): boolean;
-  gemmCalibrate(): { oursMs: number; openblasMs: number };
-  info(): {
-    gemm: string;
-    kernels: string;
-    tile: string;
-    openblas: boolean;
-    matmulOnOpenblas: boolean;
-    threads: number;
-  };
-}
+let addon: KernelAddon | null = null;
 
-/** Finds the built addon above this module: it runs from src/ (tsx) and from dist/src/ (tsc). */
-function findAddon(): string | null {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const candidate = join(dir, ADDON_PATH);
-    if (existsSync(candidate)) return candidate;
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  return null;
-}
-
-let addon: Addon | null = null;
-
-/** Loads the addon once; the error says what to do when it is missing. */
-function loadAddon(): { addon: Addon | null; reason: string | null } {
+/** The addon's training kernels, once; null with the reason when missing, broken or too old. */
+function loadKernels(): { addon: KernelAddon | null; reason: string | null } {
   if (addon) return { addon, reason: null };
-  const path = findAddon();
-  if (!path)
-    return {
-      addon: null,
-      reason: `native addon not built (${ADDON_PATH} missing; run npm run build:native)`,
-    };
-  try {
-    addon = createRequire(import.meta.url)(path) as Addon;
-    return { addon, reason: null };
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    return { addon: null, reason: `native addon failed to load: ${msg.split('\n')[0] ?? msg}` };
-  }
+  const { addon: a, reason } = loadAddon();
+  if (!a) return { addon: null, reason };
+  const names = [
+    'conv2d',
+    'conv2dBackpropInput',
+    'conv2dBackpropFilter',
+    'matmul',
+    'binary',
+    'reduceSum',
+    'slice',
+    'tile',
+    'unary',
+    'concat',
+    'transpose',
+    'pad',
+    'groupNorm',
+    'groupNormGrad',
+    'adam',
+    'ema',
+    'setThreads',
+    'setGemm',
+    'gemmCalibrate',
+    'info',
+  ] as const;
+  if (!hasFunctions(a, names))
+    return { addon: null, reason: 'native addon predates these kernels (run npm run build:native)' };
+  addon = a;
+  return { addon, reason: null };
 }
 
 /** RINGDIFF_THREADS if set to a positive integer, else every core this process may use. */
@@ -589,7 +492,7 @@ function convInfo(
   );
 }
 
-type Impl = (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.TensorInfo | null;
+type Impl = (args: KernelArgs, native: KernelAddon, backend: MathBackendCPU) => tf.TensorInfo | null;
 
 function conv2dImpl(fused: boolean): Impl {
   return (args, native, backend) => {
@@ -756,7 +659,7 @@ function reduceImpl(mean: boolean): Impl {
 
 /** A slice: TF.js's own (a zero-copy view) when contiguous, else the addon's strided copy. */
 function sliceOf(
-  native: Addon,
+  native: KernelAddon,
   backend: MathBackendCPU,
   x: tf.TensorInfo,
   begin: number[],
@@ -783,7 +686,11 @@ const sliceImpl: Impl = (args, native, backend) => {
 
 // SplitV (the gradient of every skip-connection concat) slices through TF.js's internal slice,
 // which the Slice override above never sees.
-const splitVImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] | null => {
+const splitVImpl = (
+  args: KernelArgs,
+  native: KernelAddon,
+  backend: MathBackendCPU,
+): tf.TensorInfo[] | null => {
   const { x } = args.inputs;
   if (!x || !values(backend, x)) return null;
   const axis = tf.util.parseAxisParam(args.attrs?.axis as number, x.shape)[0] as number;
@@ -896,7 +803,7 @@ function groupNormDims(backend: MathBackendCPU, x: tf.TensorInfo, attrs: GroupNo
 }
 
 // x, γ, β → [y, μ, 1/σ]: y = GroupNorm(x) (then SiLU when attrs.silu); μ and 1/σ are [B, G].
-const groupNormImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+const groupNormImpl = (args: KernelArgs, native: KernelAddon, backend: MathBackendCPU): tf.TensorInfo[] => {
   const { x, gamma, beta } = args.inputs as Record<string, tf.TensorInfo>;
   const attrs = args.attrs as unknown as GroupNormAttrs;
   const dims = groupNormDims(backend, x as tf.TensorInfo, attrs);
@@ -926,7 +833,11 @@ const groupNormImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU)
 };
 
 // x, γ, β, μ, 1/σ, dy → [dx, dγ, dβ].
-const groupNormGradImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+const groupNormGradImpl = (
+  args: KernelArgs,
+  native: KernelAddon,
+  backend: MathBackendCPU,
+): tf.TensorInfo[] => {
   const { x, gamma, beta, mean, rstd, dy } = args.inputs as Record<string, tf.TensorInfo>;
   const attrs = args.attrs as unknown as GroupNormAttrs;
   const dims = groupNormDims(backend, x as tf.TensorInfo, attrs);
@@ -974,7 +885,7 @@ export interface AdamAttrs {
 }
 
 // p, m, v, g → [p', m', v'] (see native/src/optim.h).
-const adamImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+const adamImpl = (args: KernelArgs, native: KernelAddon, backend: MathBackendCPU): tf.TensorInfo[] => {
   const { p, m, v, g } = args.inputs as Record<string, tf.TensorInfo>;
   const a = args.attrs as unknown as AdamAttrs;
   const vals = [p, m, v, g].map((t) => values(backend, t as tf.TensorInfo));
@@ -1011,7 +922,7 @@ const adamImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.
 };
 
 // e, w → [d·e + (1 − d)·w].
-const emaImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.TensorInfo[] => {
+const emaImpl = (args: KernelArgs, native: KernelAddon, backend: MathBackendCPU): tf.TensorInfo[] => {
   const { e, w } = args.inputs as Record<string, tf.TensorInfo>;
   const d = (args.attrs as unknown as { decay: number }).decay;
   const ev = values(backend, e as tf.TensorInfo);
@@ -1024,7 +935,7 @@ const emaImpl = (args: KernelArgs, native: Addon, backend: MathBackendCPU): tf.T
 
 /** Kernels only `cpu-native` has. */
 const ADDED: ReadonlyArray<
-  [string, (args: KernelArgs, native: Addon, backend: MathBackendCPU) => tf.TensorInfo[]]
+  [string, (args: KernelArgs, native: KernelAddon, backend: MathBackendCPU) => tf.TensorInfo[]]
 > = [
   [GROUP_NORM, groupNormImpl],
   [GROUP_NORM_GRAD, groupNormGradImpl],
@@ -1034,7 +945,7 @@ const ADDED: ReadonlyArray<
 
 type MultiImpl = (
   args: KernelArgs,
-  native: Addon,
+  native: KernelAddon,
   backend: MathBackendCPU,
 ) => tf.TensorInfo | tf.TensorInfo[] | null;
 
@@ -1091,7 +1002,7 @@ export function nativeKernelCalls(): Record<string, { native: number; fallback: 
  */
 export function registerCpuNative(): NativeStatus {
   if (status) return status;
-  const loaded = loadAddon();
+  const loaded = loadKernels();
   const native = loaded.addon;
   if (!native) {
     status = { ok: false, reason: loaded.reason, gemm: null, threads: 0 };

@@ -1,6 +1,6 @@
 /**
- * The DDPM ε-prediction U-Net: a generalisation of the PyTorch anchor
- * (/work/shared/anchors/ddp_ddpm.py) to any number of levels, residual blocks per level,
+ * The DDPM ε-prediction U-Net: a generalisation of the PyTorch model our step benchmark is compared
+ * with (`npm run bench:step -- --vs-pytorch`, its `ddp_ddpm.py` anchor) to any number of levels, residual blocks per level,
  * self-attention at chosen resolutions and optional class conditioning.
  *
  * With channels [32, 64, 128], one ResBlock per level, no attention and no classes it has exactly
@@ -23,7 +23,7 @@
  * is zero-initialised (the anchor initialises ResBlocks and attention with PyTorch defaults).
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Denoiser } from './model.js';
+import type { Denoiser } from './denoiser.js';
 import {
   attentionSpecs,
   checkInputs,
@@ -41,8 +41,8 @@ import {
   timeEmbed,
   timeEmbedSpecs,
   upsampleConv2d,
-} from './nn.js';
-import type { Params } from './params.js';
+} from './layers.js';
+import type { Params } from '../params.js';
 
 /** Shape of a U-Net, in model terms (see `factory.ts` for the mapping from the config). */
 export interface UNetOptions {

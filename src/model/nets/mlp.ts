@@ -12,7 +12,7 @@
  * [tdim × hidden] matmuls, which is what keeps a step on the pure-JS backend affordable.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Denoiser } from './model.js';
+import type { Denoiser } from './denoiser.js';
 import {
   checkInputs,
   initParams,
@@ -23,8 +23,8 @@ import {
   sinusoidalDim,
   timeEmbed,
   timeEmbedSpecs,
-} from './nn.js';
-import type { Params } from './params.js';
+} from './layers.js';
+import type { Params } from '../params.js';
 
 /** Shape of an MLP denoiser, in model terms (see `factory.ts` for the mapping from the config). */
 export interface MLPOptions {

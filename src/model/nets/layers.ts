@@ -15,10 +15,10 @@
  * fresh model predicts ε̂ = 0 and the initial loss is E[ε²] = 1 whatever the depth.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Denoiser } from './model.js';
-import type { Params } from './params.js';
-import { Purpose, stream } from './rng.js';
-import { fusedGroupNorm, type FusedGroupNorm } from './backend/fused.js';
+import type { Denoiser } from './denoiser.js';
+import type { Params } from '../params.js';
+import { Purpose, stream } from '../rng.js';
+import { fusedGroupNorm, type FusedGroupNorm } from '../backend/fused.js';
 
 /** How a tensor is initialised. */
 export type Init =

@@ -3,7 +3,7 @@
  * which training draws timesteps, and the stratified draw that spreads a global batch over p.
  * Importance weights 1/(T·p(t)) keep the weighted loss an unbiased estimate of the uniform one.
  */
-import { Purpose, stream } from './rng.js';
+import { Purpose, stream } from '../rng.js';
 
 /** Serializable sampler state (lives in checkpoints). */
 export interface SamplerState {
@@ -131,6 +131,8 @@ export class LossSecondMomentSampler implements TimestepSampler {
   }
 }
 
+// Sampler kinds and their state are stored in checkpoints by name: once committed, a kind never
+// changes meaning or state layout; a new variant gets a new name (docs/design.md §8).
 /** A sampler of the configured kind, optionally restored from a checkpoint state. */
 export function createSampler(
   kind: 'uniform' | 'loss-second-moment',

@@ -6,11 +6,13 @@
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { disposeParams, sortedNames, type Params } from '../model/params.js';
-import { applyUpdate, shardGradients } from '../model/train.js';
-import { drawTimesteps } from '../model/timesteps.js';
+import { applyUpdate } from '../model/optim.js';
+import { shardGradients } from '../model/train.js';
+import { drawTimesteps } from '../model/diffusion/timesteps.js';
 import type { LoadedShard } from '../data/prefetch.js';
-import type { Job } from './local.js';
+import type { Job } from './job.js';
 import { eventLoopTurn } from '../util/turn.js';
+import { loadShard } from './job.js';
 
 export interface StepReport {
   step: number;
@@ -126,7 +128,7 @@ export async function fusedStep(
   const t0 = performance.now();
   const { cfg, state } = job;
   const step = state.step;
-  const B = cfg.train.global_batch;
+  const B = job.batches.B;
   const probs = job.sampler.probs();
   const res = shardGradients(job.model, state.params, shard, {
     seed: cfg.run.seed,
@@ -169,7 +171,7 @@ export function commitReduced(
 ): Pick<StepReport, 'loss' | 'lossQuarters' | 'gradNorm' | 'lr'> {
   const { cfg, state } = job;
   const step = state.step;
-  const B = cfg.train.global_batch;
+  const B = job.batches.B;
   const probs = job.sampler.probs();
   const layout = fusedLayout(state.params, B);
   if (reduced.length !== layout.total) {
@@ -189,5 +191,19 @@ export function commitReduced(
     lossQuarters: lossByQuarter(all.t, Float32Array.from(losses), job.schedule.T),
     gradNorm: upd.gradNorm,
     lr: upd.lr,
+  };
+}
+
+/** Runs one full step of the whole batch on this process: the fused step of a world of one. */
+export async function trainStep(job: Job, prefetched?: LoadedShard): Promise<StepReport> {
+  const shard = prefetched ?? loadShard(job, job.state.step, 0, job.batches.B);
+  const r = await fusedStep(job, shard, async () => {});
+  return {
+    step: r.step,
+    loss: r.loss,
+    lossQuarters: r.lossQuarters,
+    gradNorm: r.gradNorm,
+    lr: r.lr,
+    ms: r.ms,
   };
 }

@@ -2,11 +2,13 @@
  * From the `model` section of the config and the dataset's example shape to a Denoiser.
  * Every inconsistency is caught here, before any tensor exists, as one line naming the config key.
  */
-import type { ResolvedModelConfig } from '../config/resolve.js';
+import type { ResolvedModelConfig } from '../../config/resolve.js';
 import { MLPDenoiser } from './mlp.js';
-import type { Denoiser } from './model.js';
+import type { Denoiser } from './denoiser.js';
 import { UNet } from './unet.js';
 
+// `model.kind` and each kind's parameter names are stored in checkpoints: once committed, a kind
+// never changes its layers or names; a changed architecture gets a new kind (docs/design.md §8).
 /** The denoiser of `model.kind` for examples of shape `dataShape` ([H, W, C] for unet, [D] for mlp). */
 export function createDenoiser(model: ResolvedModelConfig, dataShape: readonly number[]): Denoiser {
   validateModel(model, dataShape);

@@ -3,6 +3,8 @@
  * where they meet tensors). Index t = 0…T−1; t = 0 is the least noisy step.
  */
 
+// Stored in checkpoints by name: once committed, a schedule's name never changes meaning (its
+// formula and constants stay as they are); a new variant gets a new name (docs/design.md §8).
 export type ScheduleName = 'linear' | 'cosine' | 'sigmoid';
 
 /** β_t of the schedule, length T. */

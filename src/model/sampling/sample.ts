@@ -4,10 +4,12 @@
  * not depend on the chunk size.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { Denoiser } from './model.js';
-import type { Params } from './params.js';
-import type { Schedule } from './schedule.js';
-import { ddimSample, ddpmSample, guidedEps, type EpsFn } from './diffusion.js';
+import type { Denoiser } from '../nets/denoiser.js';
+import type { Params } from '../params.js';
+import type { Schedule } from '../diffusion/schedule.js';
+import { ddimSample } from './ddim.js';
+import { ddpmSample } from './ddpm.js';
+import { guidedEps, type EpsFn } from './guidance.js';
 
 export interface SampleRequest {
   count: number;

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { decodeSafetensors, encodeSafetensors } from '../model/safetensors.js';
 import type { HostTensor } from '../model/params.js';
-import type { Snapshot } from './local.js';
+import type { Snapshot } from './snapshot.js';
 
 const MAGIC = Buffer.from('RDSNAP1\0', 'latin1');
 const PARTS = ['model', 'ema', 'optimizer'] as const;

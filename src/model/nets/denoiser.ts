@@ -4,7 +4,7 @@
  * produces new tensors: the same code runs on every backend and state is easy to checkpoint.
  */
 import type * as tf from '@tensorflow/tfjs';
-import type { Params } from './params.js';
+import type { Params } from '../params.js';
 
 export interface Denoiser {
   /** Shape of one example in data space: [2] for 2-D data, [H, W, C] for images. */
