@@ -18,7 +18,7 @@
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { hasFunctions, loadAddon, type Act, type Floats, type KernelAddon } from '../../native/addon.js';
+import { hasFunctions, loadAddon, type Act, type KernelAddon } from '../../native/addon.js';
 
 export const CPU_NATIVE = 'cpu-native';
 
