@@ -70,13 +70,15 @@ export const ModelSchema = z
 
 export const DiffusionSchema = z
   .strictObject({
-    timesteps: int(2).default(1000).describe('Number of diffusion steps T (1000 as in DDPM, Ho et al. 2020).'),
+    timesteps: int(2)
+      .default(1000)
+      .describe('Number of diffusion steps T (1000 as in DDPM, Ho et al. 2020).'),
     // The names of schedules, samplers and model kinds are stored in checkpoints: once committed, a
     // name never changes meaning (docs/design.md §8); a changed recipe gets a new name.
     schedule: z
       .enum(['linear', 'cosine', 'sigmoid'])
       .default('linear')
-      .describe('Noise schedule β_t (linear 1e-4…0.02 is DDPM\'s; cosine is Improved DDPM\'s).'),
+      .describe("Noise schedule β_t (linear 1e-4…0.02 is DDPM's; cosine is Improved DDPM's)."),
     timestep_sampler: z
       .enum(['uniform', 'loss-second-moment'])
       .default('uniform')
