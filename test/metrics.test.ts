@@ -3,14 +3,9 @@
  * served on 127.0.0.1:0, scraped over HTTP, the exposition text parsed and checked against the inputs.
  */
 import { test } from 'node:test';
+import type { StepRecord } from '../src/telemetry/step-record.js';
 import assert from 'node:assert/strict';
-import {
-  CoordinatorMetrics,
-  WorkerMetrics,
-  serveMetrics,
-  type ReportSample,
-  type WorkerRef,
-} from '../src/telemetry/metrics.js';
+import { CoordinatorMetrics, WorkerMetrics, serveMetrics, type WorkerRef } from '../src/telemetry/metrics.js';
 
 interface Sample {
   name: string;
@@ -74,10 +69,13 @@ const STEPS = 60;
 const T0 = 1_700_000_000_000;
 
 /** A deterministic report of worker k at step s. */
-function report(s: number, k: number): ReportSample {
+function report(s: number, k: number): StepRecord {
   const stepMs = 400 + 7 * k + (s % 5);
   return {
     step: s,
+    generation: 1,
+    rank: k,
+    worldSize: EXAMPLES.length,
     loss: 1 / (s + 1) + 0.001 * k,
     lossQuarters: [0.9 / (s + 1), 0.5 / (s + 1), k === 2 && s === STEPS - 1 ? NaN : 0.3 / (s + 1), 0.1],
     gradNorm: 2 + s * 0.01 + k,
@@ -88,7 +86,7 @@ function report(s: number, k: number): ReportSample {
     optimizerMs: 20,
     stepMs,
     allreduceBytes: 1_000_000 + 1000 * s + k,
-    allreduceBusbwGBps: 1.5 + 0.25 * k + s * 1e-3,
+    allreduceBusbwGbps: 1.5 + 0.25 * k + s * 1e-3,
     examples: EXAMPLES[k] as number,
   };
 }
@@ -117,7 +115,7 @@ test('CoordinatorMetrics over HTTP: values follow the inputs', async () => {
   }
   const last = report(lastStep, 2);
   // The late report must not move the job-wide values nor w1's last values; its counts do add up.
-  const late = { ...report(lateStep, 1), loss: 123, allreduceBusbwGBps: 99, stepMs: 1234 };
+  const late = { ...report(lateStep, 1), loss: 123, allreduceBusbwGbps: 99, stepMs: 1234 };
   m.onReport(WORKERS[1] as WorkerRef, late, at(lastStep, 2) + 1);
 
   m.onWorkerDeath('heartbeat-timeout');
@@ -197,7 +195,7 @@ test('CoordinatorMetrics over HTTP: values follow the inputs', async () => {
     // busbw: the last value of each worker's newest step (not that of w1's late report).
     for (let k = 0; k < WORKERS.length; k++) {
       const busbw = value(x, 'ringdiff_allreduce_busbw_gbps', { worker: `w${k}` });
-      assert.equal(busbw, report(lastStep, k).allreduceBusbwGBps);
+      assert.equal(busbw, report(lastStep, k).allreduceBusbwGbps);
     }
     // The step-time histogram sees every report, the late one (with its own stepMs) included.
     assert.equal(value(x, 'ringdiff_step_duration_seconds_count'), reports);

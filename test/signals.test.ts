@@ -155,9 +155,9 @@ for (const backend of ['cpu', 'cpu-native'] as const) {
   });
 }
 
-test('ringdiff launch --workers 2: Ctrl-C (SIGINT) during a step stops with a checkpoint, exit 0', async (t) => {
-  const name = 'launch';
-  const p = spawnRingdiff(root, name, [
+/** `ringdiff launch` of 2 cpu workers with about a second per step. */
+function launch2(name: string): Proc {
+  return spawnRingdiff(root, name, [
     'launch',
     '--no-progress',
     '--workers',
@@ -169,6 +169,11 @@ test('ringdiff launch --workers 2: Ctrl-C (SIGINT) during a step stops with a ch
     '--set',
     'train.global_batch=8192',
   ]);
+}
+
+test('ringdiff launch --workers 2: Ctrl-C (SIGINT) during a step stops with a checkpoint, exit 0', async (t) => {
+  const name = 'launch';
+  const p = launch2(name);
   try {
     const logs = path.join(root, name, 'logs');
     const exitedAt = await signalMidStep(
@@ -252,17 +257,7 @@ test('one of two workers gets SIGTERM: released at once (exit 143), the other fi
 });
 
 test('SIGTERM to every process of a launch at once (systemd, Kubernetes): a checkpoint of the step reached, nobody left, and a second launch resumes exactly', async (t) => {
-  const keys = (name: string) => [...job(name, 'cpu'), '--set', 'train.global_batch=8192'];
-  const launch = (name: string) =>
-    spawnRingdiff(root, name, [
-      'launch',
-      '--no-progress',
-      '--workers',
-      '2',
-      '--backend',
-      'cpu',
-      ...keys(name),
-    ]);
+  const launch = launch2;
   const undisturbed = launch('undisturbed');
   const p = launch('all-term');
   const logs = path.join(root, 'all-term', 'logs');

@@ -2,9 +2,8 @@
  * `ringdiff coordinator`: the job's gRPC server (rendezvous, membership, plans, central EMA and
  * checkpoints) and its Prometheus metrics; exits 0 when the job has run all its steps.
  */
-import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync } from 'node:fs';
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { loadConfig, configToYaml } from '../config/load.js';
 import { watchParent } from '../util/parent.js';
 import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
@@ -19,10 +18,10 @@ import { CoordinatorServer } from '../coordinator/server.js';
 import { CentralState } from '../coordinator/state.js';
 import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { UsageError } from './common.js';
-import { credentialsFrom, type TlsPem } from '../worker/heartbeat.js';
+import { joinToken, serverCredentials } from '../config/credentials.js';
 import { reportAtEnd, writeSamplesFrom } from './train.js';
 import { HISTORY_FILE, type HistoryEntry } from '../telemetry/history.js';
+import { toHistoryEntry } from '../telemetry/step-record.js';
 
 export interface CoordinatorCliOptions {
   config?: string;
@@ -32,55 +31,6 @@ export interface CoordinatorCliOptions {
   backend?: string;
   pretty?: boolean;
   exitWithParent?: boolean;
-}
-
-/** The join token: RINGDIFF_TOKEN, else cluster.token; a coordinator without one refuses to start. */
-export function joinToken(cfg: Config): string {
-  const t = process.env.RINGDIFF_TOKEN || cfg.cluster.token;
-  if (!t) throw new UsageError('no join token: set RINGDIFF_TOKEN or cluster.token (launch generates one)');
-  if (t.length < 16) throw new UsageError('cluster.token: the join token must have at least 16 characters');
-  return t;
-}
-
-function readPem(key: string, file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (e) {
-    throw new UsageError(
-      `${key}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
-  }
-}
-
-/** Server credentials from cluster.tls: plaintext, TLS, or mutual TLS when a CA is given. */
-export function serverCredentials(cfg: Config): grpc.ServerCredentials {
-  const t = cfg.cluster.tls;
-  if (!t.cert && !t.key) return grpc.ServerCredentials.createInsecure();
-  if (!t.cert || !t.key) throw new UsageError('cluster.tls: cert and key must be given together');
-  const ca = t.ca ? readPem('cluster.tls.ca', t.ca) : null;
-  return grpc.ServerCredentials.createSsl(
-    ca,
-    [{ cert_chain: readPem('cluster.tls.cert', t.cert), private_key: readPem('cluster.tls.key', t.key) }],
-    ca !== null,
-  );
-}
-
-/** Client TLS material from cluster.tls: none without a CA; with a client cert for mutual TLS. */
-export function clientTls(cfg: Config): TlsPem | null {
-  const t = cfg.cluster.tls;
-  if (!t.ca) return null;
-  if (!!t.client_cert !== !!t.client_key)
-    throw new UsageError('cluster.tls: client_cert and client_key must be given together');
-  return {
-    ca: readPem('cluster.tls.ca', t.ca),
-    key: t.client_key ? readPem('cluster.tls.client_key', t.client_key) : null,
-    cert: t.client_cert ? readPem('cluster.tls.client_cert', t.client_cert) : null,
-  };
-}
-
-/** Client credentials from cluster.tls (see `clientTls`). */
-export function clientCredentials(cfg: Config): grpc.ChannelCredentials {
-  return credentialsFrom(clientTls(cfg));
 }
 
 /** Runs the coordinator until the job finishes (0) or is stopped by a signal (0 after a checkpoint). */
@@ -139,16 +89,8 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
     job: { cfg, state, dataset },
     events: {
       onReport: (w, r, now) => {
-        metrics.onReport(w, { ...r, allreduceBusbwGBps: r.allreduceBusbwGbps }, now);
-        history.add({
-          step: r.step,
-          t: now,
-          loss: r.loss,
-          loss_q: r.lossQuarters,
-          lr: r.lr,
-          grad_norm: r.gradNorm,
-          samples_per_s: server?.samplesPerSecond ?? 0,
-        });
+        metrics.onReport(w, r, now);
+        history.add(toHistoryEntry(r, now, server?.samplesPerSecond ?? 0));
       },
       onGeneration: (g, n) => metrics.onGeneration(g, n),
       onWorkerDeath: (reason) => metrics.onWorkerDeath(reason),

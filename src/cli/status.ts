@@ -1,7 +1,7 @@
 /** `ringdiff status`: what a running job's coordinator knows (workers, ranks, generation, step, throughput). */
 import { loadConfig } from '../config/load.js';
 import { CoordinatorClient } from '../worker/client.js';
-import { clientCredentials } from './coordinator.js';
+import { clientCredentials } from '../config/credentials.js';
 
 export interface StatusOptions {
   coordinator: string;

@@ -6,7 +6,7 @@ import { Worker, FatalWorkerError } from '../worker/worker.js';
 import { WorkerMetrics, serveMetrics, type MetricsServer } from '../telemetry/metrics.js';
 import { createLogger } from '../util/log.js';
 import { watchParent } from '../util/parent.js';
-import { clientTls, joinToken } from './coordinator.js';
+import { clientTls, joinToken } from '../config/credentials.js';
 
 export interface WorkerCliOptions {
   coordinator: string;

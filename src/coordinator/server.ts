@@ -12,6 +12,7 @@ import type { Dataset } from '../data/dataset.js';
 import { GlobalBatches } from '../data/batches.js';
 import { readShard } from '../data/prefetch.js';
 import { ChunkAssembler, toChunks } from '../job/transfer.js';
+import { fromWireReport, type StepRecord } from '../telemetry/step-record.js';
 import { PUSH_REASONS, type CentralState, type PushReason } from './state.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../util/log.js';
@@ -57,7 +58,7 @@ const REJECT_LOG_WINDOW_MS = 60_000;
 
 /** What the coordinator tells its observers (the metrics module implements it). */
 export interface CoordinatorEvents {
-  onReport?(w: { id: string; host: string; rank: number }, r: pb.StepReport, nowMs: number): void;
+  onReport?(w: { id: string; host: string; rank: number }, r: StepRecord, nowMs: number): void;
   onGeneration?(generation: number, worldSize: number): void;
   onWorkerDeath?(reason: string): void;
   /** A leaving worker means the job must stop (see `leave`): the process should call `stop`. */
@@ -307,8 +308,9 @@ export class CoordinatorServer {
       this.rate.step = r.step;
       this.rate.t = now;
     }
-    const rank = this.membership.generation.ring.findIndex((x) => x.id === m.id);
-    this.opts.events?.onReport?.({ id: m.id, host: m.host, rank }, r, now);
+    const ring = this.membership.generation.ring;
+    const rank = ring.findIndex((x) => x.id === m.id);
+    this.opts.events?.onReport?.({ id: m.id, host: m.host, rank }, fromWireReport(r, rank, ring.length), now);
     return {};
   }
 

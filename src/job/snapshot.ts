@@ -55,3 +55,17 @@ export async function saveCheckpoint(job: Job): Promise<{ dir: string; bytes: nu
   );
   return { dir: res.dir, bytes: res.bytes, ms: res.ms };
 }
+
+/** The EMA and the JSON state (sampler table) only: what an EMA sync sends. */
+export async function emaSnapshot(job: Job): Promise<Snapshot> {
+  const full: Snapshot = {
+    parts: { model: new Map(), ema: await paramsToHost(job.state.ema), optimizer: new Map() },
+    state: {
+      step: job.state.step,
+      sampler: job.sampler.state(),
+      cursor: job.batches.cursor(job.state.step),
+      data_shape: [...job.model.dataShape],
+    },
+  };
+  return full;
+}

@@ -8,6 +8,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
+import type { StepRecord } from './step-record.js';
 
 export type { Registry };
 
@@ -20,24 +21,6 @@ export interface WorkerRef {
 }
 
 /** One step of one worker, as the worker reports it (times in ms, sizes in bytes). */
-export interface ReportSample {
-  step: number;
-  loss: number;
-  /** Loss per quarter of the timestep range (Improved DDPM); NaN = no sample in that quarter. */
-  lossQuarters: number[];
-  gradNorm: number;
-  lr: number;
-  dataWaitMs: number;
-  forwardBackwardMs: number;
-  allreduceMs: number;
-  optimizerMs: number;
-  stepMs: number;
-  allreduceBytes: number;
-  allreduceBusbwGBps: number;
-  /** Examples this worker processed in the step. */
-  examples: number;
-}
-
 /** Reasons for which a worker leaves the job (others are accepted too). */
 export const DEATH_REASONS = ['heartbeat-timeout', 'ring-failure', 'left', 'stream-closed'] as const;
 /** A reason for which a worker leaves the job. */
@@ -61,7 +44,7 @@ const DROPPED_DEFAULT_METRICS = [
 ];
 
 /** The per-phase durations of a report, in seconds. */
-function phaseSeconds(r: ReportSample): Record<Phase, number> {
+function phaseSeconds(r: StepRecord): Record<Phase, number> {
   return {
     data_wait: r.dataWaitMs / 1000,
     forward_backward: r.forwardBackwardMs / 1000,
@@ -89,7 +72,7 @@ function newRegistry(labels: Record<string, string>): Registry {
 }
 
 /** Per-step bookkeeping for the samples/s estimate. */
-interface StepRecord {
+interface StepTally {
   /** Sum of `examples` over the reports of this step. */
   examples: number;
   /** Time of the last report of this step (ms). */
@@ -138,7 +121,7 @@ export class CoordinatorMetrics {
   /** Newest step reported per worker id. */
   private readonly workerStep = new Map<string, number>();
   /** Steps in the samples/s window, by step number. */
-  private readonly steps = new Map<number, StepRecord>();
+  private readonly steps = new Map<number, StepTally>();
 
   /** `job`: the value of the constant `job` label. */
   constructor(job: string) {
@@ -212,7 +195,7 @@ export class CoordinatorMetrics {
   }
 
   /** A worker's report of one step; `nowMs`: receive time (ms, any fixed epoch). */
-  onReport(w: WorkerRef, r: ReportSample, nowMs: number): void {
+  onReport(w: WorkerRef, r: StepRecord, nowMs: number): void {
     this.trackHost(w);
     // A lower step after a window without progress: training restarted from an older checkpoint.
     if (r.step < this.lastStep && nowMs - this.lastStepMs > RATE_WINDOW_MS) {
@@ -228,7 +211,7 @@ export class CoordinatorMetrics {
       const labels = { worker: w.id, host: w.host };
       for (const phase of PHASES) this.workerStepSeconds.set({ ...labels, phase }, sec[phase]);
       if (r.stepMs > 0) this.workerSamplesPerSecond.set(labels, r.examples / sec.total);
-      this.busbw.set({ worker: w.id }, r.allreduceBusbwGBps);
+      this.busbw.set({ worker: w.id }, r.allreduceBusbwGbps);
     }
 
     // Job-wide values: take them from the newest step only (late reports of older steps are ignored).
@@ -486,7 +469,7 @@ export class WorkerMetrics {
     this.registry.setDefaultLabels({ job, worker: workerId });
   }
 
-  onStep(r: ReportSample & { generation: number; rank: number; worldSize: number }): void {
+  onStep(r: StepRecord): void {
     const sec = phaseSeconds(r);
     this.step.set(r.step);
     this.loss.set(r.loss);
@@ -497,7 +480,7 @@ export class WorkerMetrics {
     if (r.stepMs > 0) this.samplesPerSecond.set(r.examples / sec.total);
     this.examples.inc(increment(r.examples));
     this.allreduceBytes.inc(increment(r.allreduceBytes));
-    this.busbw.set(r.allreduceBusbwGBps);
+    this.busbw.set(r.allreduceBusbwGbps);
     this.generation.set(r.generation);
     this.rank.set(r.rank);
     this.worldSize.set(r.worldSize);

@@ -5,15 +5,8 @@
  * shared memory; the thread reports back only when the coordinator says we are no longer a member.
  */
 import { Worker as Thread, isMainThread, parentPort, workerData } from 'node:worker_threads';
-import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient } from './client.js';
-
-/** PEM material for a TLS channel (buffers can cross threads; credentials objects cannot). */
-export interface TlsPem {
-  ca: Buffer;
-  key: Buffer | null;
-  cert: Buffer | null;
-}
+import { credentialsFrom, type TlsPem } from '../config/credentials.js';
 
 interface ThreadInit {
   address: string;
@@ -23,11 +16,6 @@ interface ThreadInit {
   intervalMs: number;
   /** Int32 [generation] and Float64 [step], written by the main thread. */
   shared: SharedArrayBuffer;
-}
-
-/** Builds channel credentials from PEM material (plaintext without). */
-export function credentialsFrom(tls: TlsPem | null): grpc.ChannelCredentials {
-  return tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
 }
 
 /** The main thread's handle on the heartbeat thread of one registration. */

@@ -21,15 +21,19 @@ import { paramsToHost, sortedNames } from '../model/params.js';
 import type { Logger } from '../util/log.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
 import { CoordinatorClient } from './client.js';
-import { Heartbeats, credentialsFrom, type TlsPem } from './heartbeat.js';
+import { Heartbeats } from './heartbeat.js';
+import { credentialsFrom, type TlsPem } from '../config/credentials.js';
 import { createJob, resetJob, type Job } from '../job/job.js';
-import { restoreSnapshot, snapshot, type Snapshot } from '../job/snapshot.js';
+import { emaSnapshot, restoreSnapshot, snapshot } from '../job/snapshot.js';
 import { fusedStep } from '../job/step.js';
 import { syncGeneration, type Kept } from './sync.js';
-import { decodeSnapshot, encodeSnapshot } from '../job/transfer.js';
+import { decodeSnapshot } from '../job/transfer.js';
 
 import pb = ringdiff.v1;
 import { freePort } from '../util/net.js';
+import { ReportQueue, StepAverages } from './reports.js';
+import { PushRefused, StatePusher } from './push.js';
+import { toWireReport, type StepRecord } from '../telemetry/step-record.js';
 
 export interface WorkerOptions {
   /** Coordinator address, host:port. */
@@ -61,26 +65,6 @@ export interface WorkerEvents {
   onRegistered?(jobId: string, workerId: string): void;
   onStep?(r: StepRecord): void;
   onRing?(ring: Ring): void;
-}
-
-/** One committed step as this worker saw it (times in ms, bytes, GB/s). */
-export interface StepRecord {
-  step: number;
-  generation: number;
-  rank: number;
-  worldSize: number;
-  loss: number;
-  lossQuarters: number[];
-  gradNorm: number;
-  lr: number;
-  dataWaitMs: number;
-  forwardBackwardMs: number;
-  allreduceMs: number;
-  optimizerMs: number;
-  stepMs: number;
-  allreduceBytes: number;
-  allreduceBusbwGBps: number;
-  examples: number;
 }
 
 /** How a worker's run ended. */
@@ -138,12 +122,8 @@ export class Worker {
   private streamEnded = false;
   private wake: (() => void) | null = null;
   private fenced = false;
-  /** Pushes waiting behind the one in flight (see `pushAsync`) and the loop sending them. */
-  private queued: { checkpoint: QueuedPush | null; ema: QueuedPush | null } = { checkpoint: null, ema: null };
-  private pushing: Promise<void> | null = null;
-  /** Step reports the coordinator did not take, by step (see `sendReport`). */
-  private readonly unreported = new Map<number, pb.IStepReport>();
-  private readonly reportsInFlight = new Set<Promise<void>>();
+  private readonly pusher: StatePusher;
+  private readonly reports: ReportQueue;
   private generation = 0;
   private rank = -1;
   private heartbeats: Heartbeats | null = null;
@@ -154,6 +134,17 @@ export class Worker {
   constructor(private readonly o: WorkerOptions) {
     this.client = new CoordinatorClient(o.coordinator, o.token, credentialsFrom(o.tls ?? null));
     this.log = o.log;
+    this.reports = new ReportQueue((r) => this.client.report(r), this.log);
+    this.pusher = new StatePusher(
+      this.client,
+      {
+        workerId: () => this.workerId,
+        generation: () => this.generation,
+        fenced: () => this.fenced,
+        interrupted: () => this.interrupted(),
+      },
+      this.log,
+    );
   }
 
   /** Current step (for log lines). */
@@ -228,7 +219,7 @@ export class Worker {
       }
     } finally {
       await this.closeRing();
-      await this.pushing;
+      await this.pusher.idle();
       await this.loader?.close();
       this.client.close();
     }
@@ -277,48 +268,8 @@ export class Worker {
     if (this.job) resetJob(this.job);
     this.kept = null;
     // Our reports and snapshots may be of steps the others abandoned and redid.
-    this.unreported.clear();
-    this.queued = { checkpoint: null, ema: null };
-  }
-
-  /**
-   * Reports a committed step without waiting. A report the coordinator did not take because it
-   * was unreachable or had already moved to a newer generation (the step was committed just
-   * before a membership change) is kept and sent again at the start of the next generation, so
-   * the coordinator's history has every committed step.
-   */
-  private sendReport(r: pb.IStepReport): void {
-    const p = this.client.report(r).then(
-      () => {},
-      (e: unknown) => {
-        const code = (e as { code?: number }).code;
-        // UNAVAILABLE, DEADLINE_EXCEEDED, NOT_FOUND (restarted coordinator), FAILED_PRECONDITION.
-        if ([14, 4, 5, 9].includes(code ?? -1) && this.unreported.size < 10000)
-          this.unreported.set(Number(r.step), r);
-      },
-    );
-    this.reportsInFlight.add(p);
-    void p.finally(() => this.reportsInFlight.delete(p));
-  }
-
-  /** Sends the reports kept by `sendReport` again, oldest first, before this generation's first step. */
-  private async resendReports(generation: number): Promise<void> {
-    if (this.reportsInFlight.size > 0)
-      await Promise.race([Promise.allSettled([...this.reportsInFlight]), sleep(2000)]);
-    if (this.unreported.size === 0) return;
-    const pending = [...this.unreported.values()].sort((a, b) => Number(a.step) - Number(b.step));
-    this.unreported.clear();
-    let sent = 0;
-    for (const r of pending) {
-      if (this.interrupted()) return;
-      try {
-        await this.client.report({ ...r, workerId: this.workerId, generation });
-        sent++;
-      } catch {
-        // The coordinator will learn the step from another worker, or not at all.
-      }
-    }
-    this.log.info({ reports: sent, of: pending.length }, 'step reports sent again');
+    this.reports.clear();
+    this.pusher.clear();
   }
 
   /** One registration: follows plans until the job ends, we are fenced, or the coordinator is lost. */
@@ -376,7 +327,7 @@ export class Worker {
         if (plan.kind === pb.PlanKind.STOP) {
           await this.closeRing();
           if (plan.rank === 0 && this.job)
-            await this.push('shutdown', await snapshot(this.job), plan.generation);
+            await this.pusher.push('shutdown', await snapshot(this.job), plan.generation);
           this.log.info('stopped by the coordinator');
           return 'stopped';
         }
@@ -576,7 +527,7 @@ export class Worker {
         'generation started',
       );
       if (sync.receivedState) this.kept = null;
-      await this.resendReports(plan.generation);
+      await this.reports.resend(this.workerId, plan.generation, () => this.interrupted());
       await this.trainLoop(plan, ring, log);
     } catch (e) {
       if (this.interrupted()) return; // a new plan closed the ring under us: expected
@@ -664,17 +615,12 @@ export class Worker {
         optimizerMs: r.timings.optimizerMs,
         stepMs: r.ms + dataWaitMs,
         allreduceBytes: bytes,
-        allreduceBusbwGBps: busbw,
+        allreduceBusbwGbps: busbw,
         examples: shard.n,
       };
       this.o.events?.onStep?.(rec);
       this.o.events?.onRing?.(ring);
-      this.sendReport({
-        ...rec,
-        workerId: this.workerId,
-        allreduceBusbwGbps: busbw,
-        weightsChecksum: checksum,
-      });
+      this.reports.post(toWireReport(rec, this.workerId, checksum));
       if (verifyFailed) throw verifyFailed;
       acc.add(rec);
       if (r.step % cfg.train.log_every === 0)
@@ -682,53 +628,21 @@ export class Worker {
       if (plan.rank === 0 && r.step < total) {
         const every = cfg.train.checkpoint_every;
         if (every > 0 && r.step % every === 0)
-          this.pushAsync('checkpoint', await snapshot(job), plan.generation);
+          this.pusher.enqueue('checkpoint', await snapshot(job), plan.generation);
         else if (r.step % cfg.train.ema_sync_every === 0)
-          this.pushAsync('ema-sync', await emaSnapshot(job), plan.generation);
+          this.pusher.enqueue('ema-sync', await emaSnapshot(job), plan.generation);
       }
     }
     // The last step is committed everywhere that got here: rank 0 hands the final state over.
     if (plan.rank === 0 && !this.interrupted()) {
-      await this.pushing;
-      await this.pushFinal(await snapshot(job), plan.generation);
-    }
-  }
-
-  /**
-   * The final state must become a durable checkpoint before the job can finish: a push the
-   * coordinator could not write (disk full, read-only run directory: UNAVAILABLE) or that failed in
-   * transit is retried with back-off until it is accepted, or until this generation ends (a new
-   * plan, a lost coordinator: then the next rank 0 pushes it).
-   */
-  private async pushFinal(snap: Snapshot, generation: number): Promise<void> {
-    let backoff = 500;
-    for (;;) {
+      await this.pusher.idle();
       try {
-        await this.push('final', snap, generation);
-        return;
+        await this.pusher.pushFinal(await snapshot(job), plan.generation);
       } catch (e) {
-        const code = (e as { code?: number }).code;
-        if (code === 5 /* NOT_FOUND */ || code === 9 /* FAILED_PRECONDITION */) {
-          // Fenced or superseded: the plan stream tells us what comes next.
-          this.log.warn(
-            { error: (e as Error).message },
-            'final state refused: not a member of this generation',
-          );
-          return;
-        }
-        if (code === 16 /* UNAUTHENTICATED */)
+        if (e instanceof PushRefused)
           throw new FatalWorkerError(`coordinator ${this.o.coordinator} refused the join token`);
-        this.log.warn(
-          { error: (e as Error).message, retry_ms: backoff },
-          'final state not checkpointed yet; retrying',
-        );
+        throw e;
       }
-      const until = Date.now() + backoff;
-      while (Date.now() < until) {
-        if (this.interrupted()) return;
-        await sleep(Math.min(100, until - Date.now()));
-      }
-      backoff = Math.min(5000, backoff * 2);
     }
   }
 
@@ -757,131 +671,4 @@ export class Worker {
     const x0 = new Float32Array(r.x0.buffer.slice(r.x0.byteOffset, r.x0.byteOffset + r.x0.byteLength));
     return { x0, labels: r.labels.length > 0 ? Int32Array.from(r.labels) : null, from, n: to - from };
   }
-
-  /**
-   * Queues a push of a snapshot (a copy: training goes on) behind the one in flight. Only the
-   * newest checkpoint and the newest EMA sync wait (a checkpoint carries the EMA too): when pushes
-   * are slower than the steps (a slow or stalled link to the coordinator) older ones are dropped
-   * rather than piling up and reaching the coordinator late. A push is made under the
-   * registration it was taken in: once this worker registered again (fenced: its state
-   * discarded), its older snapshots are not pushed.
-   */
-  private pushAsync(reason: 'checkpoint' | 'ema-sync', snap: Snapshot, generation: number): void {
-    const q: QueuedPush = { reason, snap, generation, workerId: this.workerId };
-    if (reason === 'checkpoint') this.queued = { checkpoint: q, ema: null };
-    else this.queued.ema = q;
-    this.pushing ??= this.drainPushes();
-  }
-
-  private async drainPushes(): Promise<void> {
-    try {
-      for (;;) {
-        const q = this.queued.checkpoint ?? this.queued.ema;
-        if (!q) return;
-        if (q === this.queued.checkpoint) this.queued.checkpoint = null;
-        else this.queued.ema = null;
-        if (q.workerId !== this.workerId) continue;
-        try {
-          await this.pushAcrossGenerations(q);
-        } catch (e) {
-          this.log.warn(
-            { error: (e as Error).message, reason: q.reason, step: q.snap.state.step },
-            'state push failed',
-          );
-        }
-      }
-    } finally {
-      this.pushing = null;
-    }
-  }
-
-  /**
-   * A push refused because the coordinator has moved to a newer generation meanwhile (a worker
-   * joined or left while it was in flight) is made again as a member of the new generation: the
-   * snapshot is of a committed step, which every member of the new generation shares.
-   */
-  private async pushAcrossGenerations(q: QueuedPush): Promise<void> {
-    try {
-      await this.push(q.reason, q.snap, q.generation, q.workerId);
-    } catch (e) {
-      if ((e as { code?: number }).code !== 9 /* FAILED_PRECONDITION */) throw e;
-      const until = Date.now() + 5000;
-      while (this.generation <= q.generation && !this.fenced && Date.now() < until) await sleep(50);
-      if (this.generation <= q.generation || this.fenced || this.workerId !== q.workerId) throw e;
-      await this.push(q.reason, q.snap, this.generation, q.workerId);
-    }
-  }
-
-  private async push(
-    reason: string,
-    snap: Snapshot,
-    generation: number,
-    workerId = this.workerId,
-  ): Promise<void> {
-    const t0 = performance.now();
-    const buf = encodeSnapshot(snap);
-    const r = await this.client.pushState({ workerId, generation, step: snap.state.step, reason }, buf);
-    this.log.info(
-      { reason, step: r.step, bytes: buf.length, ms: Math.round(performance.now() - t0) },
-      'state pushed',
-    );
-  }
-}
-
-/** A snapshot waiting to be pushed, with the registration and generation it was taken in. */
-interface QueuedPush {
-  reason: 'checkpoint' | 'ema-sync';
-  snap: Snapshot;
-  generation: number;
-  workerId: string;
-}
-
-/** Mean step-time breakdown over the steps since the last log line (what `bench:scaling` reads). */
-class StepAverages {
-  private n = 0;
-  private sum = {
-    data_wait_ms: 0,
-    forward_backward_ms: 0,
-    allreduce_ms: 0,
-    optimizer_ms: 0,
-    step_ms: 0,
-    examples: 0,
-  };
-
-  add(r: StepRecord): void {
-    this.n++;
-    this.sum.data_wait_ms += r.dataWaitMs;
-    this.sum.forward_backward_ms += r.forwardBackwardMs;
-    this.sum.allreduce_ms += r.allreduceMs;
-    this.sum.optimizer_ms += r.optimizerMs;
-    this.sum.step_ms += r.stepMs;
-    this.sum.examples += r.examples;
-  }
-
-  /** Means (ms) and this worker's samples/s since the last flush; then starts over. */
-  flush(): Record<string, number> {
-    const n = Math.max(1, this.n);
-    const out: Record<string, number> = { steps: this.n };
-    for (const [k, v] of Object.entries(this.sum))
-      if (k !== 'examples') out[k] = Math.round((v / n) * 100) / 100;
-    out.samples_per_s =
-      this.sum.step_ms > 0 ? Math.round((this.sum.examples * 1e5) / this.sum.step_ms) / 100 : 0;
-    this.n = 0;
-    for (const k of Object.keys(this.sum) as (keyof typeof this.sum)[]) this.sum[k] = 0;
-    return out;
-  }
-}
-
-/** The EMA and the JSON state (sampler table) only: what an EMA sync sends. */
-async function emaSnapshot(job: Job): Promise<Snapshot> {
-  const full: Snapshot = {
-    parts: { model: new Map(), ema: await paramsToHost(job.state.ema), optimizer: new Map() },
-    state: {
-      step: job.state.step,
-      sampler: job.sampler.state(),
-      cursor: job.batches.cursor(job.state.step),
-      data_shape: [...job.model.dataShape],
-    },
-  };
-  return full;
 }
