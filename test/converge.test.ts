@@ -62,6 +62,7 @@ test('MLP on toy:8gaussians converges: ≥ 90 % of samples near a centre, each c
       classLabel: null,
       seed: 2,
       sigma: 'beta',
+      prediction: 'eps',
       clip: false,
       chunk: 1000,
     });

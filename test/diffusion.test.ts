@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
-import { cpuBackend, meanVar } from './helpers.js';
+import { cpuBackend, meanVar, relErr } from './helpers.js';
+import { denoised, targetFor } from '../src/model/diffusion/prediction.js';
 import { scheduleFor, type Schedule } from '../src/model/diffusion/schedule.js';
 import { ddimSample, stridedTimesteps } from '../src/model/sampling/ddim.js';
 import { ddpmSample } from '../src/model/sampling/ddpm.js';
 import { epsFromX0, predictX0, qPosterior, qSample } from '../src/model/diffusion/process.js';
-import { guidedEps, type EpsFn } from '../src/model/sampling/guidance.js';
+import { denoiserFor, guidedOutput, type ModelFn } from '../src/model/sampling/guidance.js';
 import { noiseFor } from '../src/model/rng.js';
 import { perExampleMse } from '../src/model/diffusion/loss.js';
 import { Purpose } from '../src/model/rng.js';
@@ -72,12 +73,37 @@ test('predictX0 inverts q_sample, epsFromX0 inverts predictX0, per-example mse',
 });
 
 /** The exact ε-predictor for data ~ N(μ, σ²I): E[ε | x_t]. */
-function oracle(s: Schedule, mu: number, sigma2: number): EpsFn {
+function epsOracle(s: Schedule, mu: number, sigma2: number): ModelFn {
   return (x, t) =>
     tf.tidy(() => {
       const a = s.alphasCumprod[t] as number;
       return tf.mul(tf.sub(x, Math.sqrt(a) * mu), Math.sqrt(1 - a) / (a * sigma2 + 1 - a));
     });
+}
+
+/** The exact x₀-predictor for data ~ N(μ, σ²I): E[x₀ | x_t] = μ + √ᾱσ²/(ᾱσ² + 1 − ᾱ)·(x_t − √ᾱμ). */
+function x0Oracle(s: Schedule, mu: number, sigma2: number): ModelFn {
+  return (x, t) =>
+    tf.tidy(() => {
+      const a = s.alphasCumprod[t] as number;
+      return tf.add(mu, tf.mul(tf.sub(x, Math.sqrt(a) * mu), (Math.sqrt(a) * sigma2) / (a * sigma2 + 1 - a)));
+    });
+}
+
+/** The exact v-predictor: E[v | x_t] = √ᾱ E[ε | x_t] − √(1−ᾱ) E[x₀ | x_t]. */
+function vOracle(s: Schedule, mu: number, sigma2: number): ModelFn {
+  const e = epsOracle(s, mu, sigma2);
+  const x0 = x0Oracle(s, mu, sigma2);
+  return (x, t) =>
+    tf.tidy(() => {
+      const a = s.alphasCumprod[t] as number;
+      return tf.sub(tf.mul(Math.sqrt(a), e(x, t)), tf.mul(Math.sqrt(1 - a), x0(x, t)));
+    });
+}
+
+/** The exact ε-denoiser as samplers call it. */
+function oracle(s: Schedule, mu: number, sigma2: number) {
+  return denoiserFor('eps', s, epsOracle(s, mu, sigma2));
 }
 
 const MU = 0.5;
@@ -144,7 +170,7 @@ test('oracle: DDIM with η = 1 (stochastic) matches its predicted mean and varia
 
 test('sampling noise depends on the sample index, not the chunking', () => {
   const s = scheduleFor('linear', 50);
-  const eps: EpsFn = (x) => tf.mul(x, 0.1);
+  const eps = denoiserFor('eps', s, (x) => tf.mul(x, 0.1));
   const all = ddpmSample(s, eps, [6, 2], { seed: 3, sigma: 'beta' });
   const a = ddpmSample(s, eps, [2, 2], { seed: 3, sigma: 'beta' });
   const b = ddpmSample(s, eps, [4, 2], { seed: 3, sigma: 'beta', indexOffset: 2 });
@@ -154,7 +180,7 @@ test('sampling noise depends on the sample index, not the chunking', () => {
 
 test('clipping keeps the predicted x₀ in [-1, 1]', () => {
   const s = scheduleFor('linear', 100);
-  const wild: EpsFn = (x) => tf.mul(x, -5);
+  const wild = denoiserFor('eps', s, (x) => tf.mul(x, -5));
   const x = ddimSample(s, wild, [64, 2], { seed: 1, steps: 10, eta: 0, clip: true });
   const v = x.dataSync();
   assert.ok(Math.max(...v) <= 1 + 1e-5 && Math.min(...v) >= -1 - 1e-5);
@@ -178,15 +204,94 @@ test('classifier-free guidance: ε = (1 + w)·ε(x|y) − w·ε(x|∅)', () => {
   const x = tf.tensor2d([1, 2, 3, 4], [2, 2]);
   const labels = Int32Array.of(0, 2);
   const w = 1.5;
-  const got = guidedEps(cond, labels, 3, w)(x, 10).arraySync() as number[][];
+  const got = guidedOutput(cond, labels, 3, w)(x, 10).arraySync() as number[][];
   // row 0: (1+w)·x·1 − w·x·4; row 1: (1+w)·x·3 − w·x·4
   const expect = [
     [1 * (2.5 - 6), 2 * (2.5 - 6)],
     [3 * (7.5 - 6), 4 * (7.5 - 6)],
   ];
   assert.deepEqual(got, expect);
-  assert.deepEqual(guidedEps(cond, labels, 3, 0)(x, 10).arraySync(), [
+  assert.deepEqual(guidedOutput(cond, labels, 3, 0)(x, 10).arraySync(), [
     [1, 2],
     [9, 12],
   ]);
+});
+
+test('x0 and v prediction: the exact predictors give the same (ε̂, x̂₀) as the ε one, and DDIM reproduces μ and σ²', () => {
+  const s = scheduleFor('linear', 1000);
+  const x = tf.tensor2d([[-1], [0.2], [1.5]]);
+  for (const t of [0, 10, 500, 999]) {
+    const ref = denoiserFor('eps', s, epsOracle(s, MU, SIGMA2))(x, t);
+    for (const [pred, f] of [
+      ['x0', x0Oracle(s, MU, SIGMA2)],
+      ['v', vOracle(s, MU, SIGMA2)],
+    ] as const) {
+      const got = denoiserFor(pred, s, f)(x, t);
+      assert.ok(relErr(got.eps.dataSync(), ref.eps.dataSync()) < 1e-4, `${pred} ε̂ at t=${t}`);
+      assert.ok(relErr(got.x0.dataSync(), ref.x0.dataSync()) < 1e-4, `${pred} x̂₀ at t=${t}`);
+    }
+  }
+  for (const [pred, f] of [
+    ['x0', x0Oracle(s, MU, SIGMA2)],
+    ['v', vOracle(s, MU, SIGMA2)],
+  ] as const) {
+    const out = ddimSample(s, denoiserFor(pred, s, f), [N, 1], { seed: 5, steps: 50, eta: 0 });
+    const { mean, variance } = meanVar(out.dataSync());
+    out.dispose();
+    const predicted = ddimPredictedVariance(s, stridedTimesteps(1000, 50), SIGMA2, 0);
+    assert.ok(Math.abs(mean - MU) < 0.01, `${pred}: mean ${mean}`);
+    assert.ok(
+      Math.abs(variance / predicted - 1) < 0.04,
+      `${pred}: variance ${variance}, predicted ${predicted}`,
+    );
+  }
+});
+
+test('targets round-trip: ε, x0 and v of the same (x₀, ε) convert back to both exactly (float32)', () => {
+  const s = scheduleFor('cosine', 200);
+  const x0 = tf.tensor2d([
+    [0.3, -0.7],
+    [1, 0.1],
+  ]);
+  const noise = tf.tensor2d([
+    [-1.2, 0.4],
+    [0.05, 2],
+  ]);
+  const t = [3, 150];
+  const xt = qSample(s, x0, t, noise);
+  for (const pred of ['eps', 'x0', 'v'] as const) {
+    const d = denoised(pred, s, xt, t, targetFor(pred, s, x0, noise, t));
+    assert.ok(relErr(d.x0.dataSync(), x0.dataSync()) < 1e-5, `${pred}: x0`);
+    assert.ok(relErr(d.eps.dataSync(), noise.dataSync()) < 1e-5, `${pred}: eps`);
+  }
+});
+
+test('zero terminal SNR (Lin et al. 2023): ᾱ_T = 0, √ᾱ_0 unchanged; v-prediction samples stay finite and exact', () => {
+  const base = scheduleFor('linear', 1000);
+  const s = scheduleFor('linear', 1000, true);
+  assert.equal(s.alphasCumprod[999], 0);
+  assert.ok(Math.abs((s.sqrtAlphasCumprod[0] as number) - (base.sqrtAlphasCumprod[0] as number)) < 1e-12);
+  // √ᾱ_t is an affine map of the original: equal differences keep their ratio.
+  const r = (u: Schedule, i: number, j: number) =>
+    ((u.sqrtAlphasCumprod[i] as number) - (u.sqrtAlphasCumprod[j] as number)) /
+    ((u.sqrtAlphasCumprod[0] as number) - (u.sqrtAlphasCumprod[999] as number));
+  assert.ok(Math.abs(r(s, 100, 600) - r(base, 100, 600)) < 1e-9);
+  for (const sampler of ['ddim', 'ddpm'] as const) {
+    const d = denoiserFor('v', s, vOracle(s, MU, SIGMA2));
+    const out =
+      sampler === 'ddim'
+        ? ddimSample(s, d, [N, 1], { seed: 5, steps: 50, eta: 0 })
+        : ddpmSample(s, d, [N, 1], { seed: 11, sigma: 'posterior' });
+    const v = out.dataSync();
+    out.dispose();
+    assert.ok(v.every(Number.isFinite), `${sampler}: finite`);
+    const { mean, variance } = meanVar(v);
+    const predicted =
+      sampler === 'ddim' ? ddimPredictedVariance(s, stridedTimesteps(1000, 50), SIGMA2, 0) : SIGMA2;
+    assert.ok(Math.abs(mean - MU) < 0.01, `${sampler}: mean ${mean}`);
+    assert.ok(
+      Math.abs(variance / predicted - 1) < 0.05,
+      `${sampler}: variance ${variance}, predicted ${predicted}`,
+    );
+  }
 });

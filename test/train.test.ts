@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { lossWeights } from '../src/model/diffusion/weighting.js';
 import { cpuBackend, relErr } from './helpers.js';
 import { loadConfig } from '../src/config/load.js';
 import { resolveForDataset } from '../src/config/resolve.js';
@@ -16,6 +17,7 @@ import { LossSecondMomentSampler } from '../src/model/diffusion/timesteps.js';
 import { applyUpdate, emaDecay, initialState, learningRate } from '../src/model/optim.js';
 import { shardGradients, type Shard, type StepContext } from '../src/model/train.js';
 import { closeJob, openJob } from '../src/job/job.js';
+import { checkResumeCompatible } from '../src/job/resume.js';
 import { saveCheckpoint } from '../src/job/snapshot.js';
 import { trainStep } from '../src/job/step.js';
 import { Purpose, stream } from '../src/model/rng.js';
@@ -66,57 +68,71 @@ function splitGradients(
   return { total, loss, losses, ts };
 }
 
-for (const kind of ['mlp', 'unet'] as const) {
-  test(`${kind}: gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch's`, () => {
-    const cfg = loadConfig(undefined, [
-      `model.kind=${kind}`,
-      'model.channels=[4,8]',
-      'model.groups=2',
-      'model.hidden=16',
-      'model.time_embed_dim=16',
-      'model.num_classes=3',
-      'model.class_dropout=0.3',
-    ]);
-    const shape = kind === 'mlp' ? [2] : [8, 8, 1];
-    const model = createDenoiser(resolveForDataset(cfg, { numClasses: 3 }).model, shape);
-    const params = model.init(4);
-    const B = 12;
-    const size = shape.reduce((a, b) => a * b, 1);
-    const x0 = stream(1, 0, 0, Purpose.data).normals(new Float32Array(B * size));
-    const labels = Int32Array.from({ length: B }, (_, i) => i % 3);
-    const sampler = new LossSecondMomentSampler(50, 1);
-    sampler.update(
-      Array.from({ length: 50 }, (_, t) => t),
-      Array.from({ length: 50 }, (_, t) => 1 + t / 10),
-    );
-    const ctx: StepContext = {
-      seed: 3,
-      step: 17,
-      globalBatch: B,
-      schedule: scheduleFor('linear', 50),
-      probs: sampler.probs(),
-      classDropout: 0.3,
-      microbatch: 0,
-    };
-    const whole = splitGradients(model, params, x0, labels, [], ctx);
-    for (const [cuts, mb] of [
-      [[5], 0],
-      [[3, 7], 0],
-      [[], 5],
-      [[1, 11], 2],
-    ] as [number[], number][]) {
-      const part = splitGradients(model, params, x0, labels, cuts, { ...ctx, microbatch: mb });
-      assert.deepEqual(part.ts, whole.ts);
-      assert.ok(relErr(part.losses, whole.losses) < 1e-6);
-      assert.ok(Math.abs(part.loss - whole.loss) < 1e-6 * Math.abs(whole.loss));
-      for (const [name, g] of whole.total) {
-        const e = relErr(part.total.get(name) as Float32Array, g);
-        assert.ok(e < 1e-5, `${name}: relative error ${e} with cuts ${cuts} microbatch ${mb}`);
+/** Objectives the shard-invariance test covers: the default, and v-prediction with min-SNR and offset noise. */
+const OBJECTIVES = [
+  { name: 'ε', ctx: (): Partial<StepContext> => ({}) },
+  {
+    name: 'v, min-SNR-5, offset noise 0.1',
+    ctx: (): Partial<StepContext> => ({
+      prediction: 'v',
+      lossWeights: lossWeights('min_snr', 'v', scheduleFor('linear', 50), 5),
+      offsetNoise: 0.1,
+    }),
+  },
+];
+
+for (const kind of ['mlp', 'unet'] as const)
+  for (const objective of OBJECTIVES)
+    test(`${kind} (${objective.name}): gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch's`, () => {
+      const cfg = loadConfig(undefined, [
+        `model.kind=${kind}`,
+        'model.channels=[4,8]',
+        'model.groups=2',
+        'model.hidden=16',
+        'model.time_embed_dim=16',
+        'model.num_classes=3',
+        'model.class_dropout=0.3',
+      ]);
+      const shape = kind === 'mlp' ? [2] : [8, 8, 1];
+      const model = createDenoiser(resolveForDataset(cfg, { numClasses: 3 }).model, shape);
+      const params = model.init(4);
+      const B = 12;
+      const size = shape.reduce((a, b) => a * b, 1);
+      const x0 = stream(1, 0, 0, Purpose.data).normals(new Float32Array(B * size));
+      const labels = Int32Array.from({ length: B }, (_, i) => i % 3);
+      const sampler = new LossSecondMomentSampler(50, 1);
+      sampler.update(
+        Array.from({ length: 50 }, (_, t) => t),
+        Array.from({ length: 50 }, (_, t) => 1 + t / 10),
+      );
+      const ctx: StepContext = {
+        seed: 3,
+        step: 17,
+        globalBatch: B,
+        schedule: scheduleFor('linear', 50),
+        probs: sampler.probs(),
+        classDropout: 0.3,
+        microbatch: 0,
+        ...objective.ctx(),
+      };
+      const whole = splitGradients(model, params, x0, labels, [], ctx);
+      for (const [cuts, mb] of [
+        [[5], 0],
+        [[3, 7], 0],
+        [[], 5],
+        [[1, 11], 2],
+      ] as [number[], number][]) {
+        const part = splitGradients(model, params, x0, labels, cuts, { ...ctx, microbatch: mb });
+        assert.deepEqual(part.ts, whole.ts);
+        assert.ok(relErr(part.losses, whole.losses) < 1e-6);
+        assert.ok(Math.abs(part.loss - whole.loss) < 1e-6 * Math.abs(whole.loss));
+        for (const [name, g] of whole.total) {
+          const e = relErr(part.total.get(name) as Float32Array, g);
+          assert.ok(e < 1e-5, `${name}: relative error ${e} with cuts ${cuts} microbatch ${mb}`);
+        }
       }
-    }
-    disposeParams(params);
-  });
-}
+      disposeParams(params);
+    });
 
 test('Adam step, warm-up, clipping and EMA follow their formulas', () => {
   const cfg = loadConfig(undefined, [
@@ -267,4 +283,60 @@ test('many steps: tensor count stays flat and RSS does not grow', async () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('min-SNR-γ weights follow Hang et al. 2023 for ε, x0 and v; a cosine and a linear learning-rate schedule reach lr_final', () => {
+  const s = scheduleFor('cosine', 100);
+  const snr = (t: number) => (s.alphasCumprod[t] as number) / (1 - (s.alphasCumprod[t] as number));
+  for (const t of [0, 5, 50, 99]) {
+    const r = snr(t);
+    const m = Math.min(r, 5);
+    assert.ok(Math.abs((lossWeights('min_snr', 'eps', s, 5)[t] as number) - m / r) < 1e-12);
+    assert.ok(Math.abs((lossWeights('min_snr', 'x0', s, 5)[t] as number) - m) < 1e-12);
+    assert.ok(Math.abs((lossWeights('min_snr', 'v', s, 5)[t] as number) - m / (r + 1)) < 1e-12);
+  }
+  // Low noise (large SNR) is capped, high noise keeps ε's weight 1.
+  assert.ok((lossWeights('min_snr', 'eps', s, 5)[0] as number) < 0.1);
+  assert.equal(lossWeights('min_snr', 'eps', s, 5)[99], 1);
+  assert.ok(lossWeights('none', 'v', s, 5).every((w) => w === 1));
+  for (const schedule of ['cosine', 'linear'] as const) {
+    const cfg = loadConfig(undefined, [
+      'train.lr=0.1',
+      'train.warmup_steps=10',
+      'train.steps=110',
+      `train.lr_schedule=${schedule}`,
+      'train.lr_final=0.01',
+    ]).train;
+    assert.equal(learningRate(cfg, 4), 0.1 * (5 / 10), 'warm-up unchanged');
+    assert.equal(learningRate(cfg, 9), 0.1, 'peak at the end of the warm-up');
+    assert.ok(Math.abs(learningRate(cfg, 109) - 0.01) < 1e-12, `${schedule}: lr_final at the last step`);
+    const mid = learningRate(cfg, 59); // halfway through the decay
+    assert.ok(Math.abs(mid - 0.055) < 1e-12, `${schedule}: halfway ${mid}`);
+    const q = learningRate(cfg, 34); // a quarter: cosine stays higher than linear
+    assert.ok(
+      Math.abs(
+        q - (schedule === 'cosine' ? 0.01 + 0.09 * 0.5 * (1 + Math.cos(Math.PI / 4)) : 0.01 + 0.09 * 0.75),
+      ) < 1e-12,
+    );
+  }
+});
+
+test('a checkpoint written before a key existed resumes (the key takes its default); a changed objective does not', () => {
+  const cfg = loadConfig(undefined, []);
+  const old = JSON.parse(JSON.stringify(cfg)) as {
+    diffusion: Record<string, unknown>;
+    train: Record<string, unknown>;
+  };
+  for (const k of ['prediction', 'loss_weighting', 'min_snr_gamma', 'zero_terminal_snr', 'offset_noise'])
+    delete old.diffusion[k];
+  delete old.train.lr_schedule;
+  delete old.train.lr_final;
+  checkResumeCompatible(old, cfg, 'ckpt-old');
+  const v = loadConfig(undefined, ['diffusion.prediction=v']);
+  assert.throws(
+    () => checkResumeCompatible(old, v, 'ckpt-old'),
+    /ckpt-old: checkpoint was written with diffusion = /,
+  );
+  const cosine = loadConfig(undefined, ['train.lr_schedule=cosine']);
+  assert.throws(() => checkResumeCompatible(old, cosine, 'ckpt-old'), /train\.lr_schedule/);
 });

@@ -12,7 +12,7 @@ import { openDataset } from '../data/spec.js';
 import { initBackend } from '../model/backend/index.js';
 import { createDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
-import { scheduleFor } from '../model/diffusion/schedule.js';
+import { scheduleOf } from '../model/diffusion/schedule.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { CoordinatorServer } from '../coordinator/server.js';
 import { CentralState } from '../coordinator/state.js';
@@ -263,13 +263,7 @@ async function finalSamples(
   const model = createDenoiser(cfg.model, [...shape]);
   const ema = paramsFromHost(state.ema);
   try {
-    await writeSamplesFrom(
-      cfg,
-      model,
-      ema,
-      scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps),
-      log,
-    );
+    await writeSamplesFrom(cfg, model, ema, scheduleOf(cfg.diffusion), log);
   } finally {
     disposeParams(ema);
   }

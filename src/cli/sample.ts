@@ -6,7 +6,7 @@ import { requireResolved } from '../config/resolve.js';
 import { initBackend } from '../model/backend/index.js';
 import { createDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
-import { scheduleFor } from '../model/diffusion/schedule.js';
+import { scheduleOf } from '../model/diffusion/schedule.js';
 import { drawSamples } from '../model/sampling/sample.js';
 import { writeSamplesPng } from '../data/image.js';
 import { writeNpyFloat32 } from '../data/npy.js';
@@ -55,7 +55,7 @@ export async function sample(o: SampleOptions): Promise<void> {
   }
   const model = createDenoiser(cfg.model, dataShape);
   const params = paramsFromHost(o.ema ? ckpt.ema : ckpt.model);
-  const schedule = scheduleFor(cfg.diffusion.schedule, T);
+  const schedule = scheduleOf(cfg.diffusion);
   const bar =
     o.progress !== false && process.stderr.isTTY
       ? new cliProgress.SingleBar(
@@ -74,6 +74,7 @@ export async function sample(o: SampleOptions): Promise<void> {
       classLabel: o.class ?? null,
       seed: o.seed,
       sigma: cfg.diffusion.sigma,
+      prediction: cfg.diffusion.prediction,
       clip: dataShape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: o.chunk,
       onProgress: (d, t) => {

@@ -56,6 +56,7 @@ export async function writeSamplesFrom(
     classLabel: null,
     seed: cfg.run.seed,
     sigma: cfg.diffusion.sigma,
+    prediction: cfg.diffusion.prediction,
     clip: images && cfg.diffusion.clip_denoised,
     chunk: 256,
   });

@@ -102,6 +102,45 @@ export const DiffusionSchema = z
       .boolean()
       .default(true)
       .describe('Clip the predicted x_0 to [-1, 1] when sampling images.'),
+    prediction: z
+      .enum(['eps', 'x0', 'v'])
+      .default('eps')
+      .describe(
+        'What the network predicts: eps (the noise, DDPM), x0 (the clean example) or v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022).',
+      ),
+    loss_weighting: z
+      .enum(['none', 'min_snr'])
+      .default('none')
+      .describe(
+        'Per-timestep loss weight: none, or min_snr = min(SNR, γ) in x0 terms, converted for the target (Hang et al. 2023).',
+      ),
+    min_snr_gamma: z
+      .number()
+      .positive()
+      .default(5)
+      .describe('γ of min_snr (5, the value Hang et al. 2023 recommend).'),
+    zero_terminal_snr: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Rescale the schedule so that the last timestep is pure noise (Lin et al. 2023); needs prediction x0 or v.',
+      ),
+    offset_noise: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0)
+      .describe(
+        'Training noise plus this times a per-example, per-channel constant N(0, 1) offset (0.1 is the usual value; 0 = off).',
+      ),
+  })
+  .superRefine((d, ctx) => {
+    if (d.zero_terminal_snr && d.prediction === 'eps')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['zero_terminal_snr'],
+        message: 'needs diffusion.prediction x0 or v (ε says nothing about x0 at zero SNR)',
+      });
   })
   .prefault({});
 
@@ -120,6 +159,17 @@ export const TrainSchema = z
         'Peak learning rate (2e-3 for the small default models and short runs; DDPM used 2e-4 for its 35.7 M-parameter U-Net).',
       ),
     warmup_steps: int(0).default(100).describe('Linear learning-rate warm-up, in steps.'),
+    lr_schedule: z
+      .enum(['constant', 'cosine', 'linear'])
+      .default('constant')
+      .describe(
+        'Learning rate after the warm-up: constant, or cosine / linear decay to train.lr_final at the last step.',
+      ),
+    lr_final: z
+      .number()
+      .min(0)
+      .default(0)
+      .describe('Learning rate at the last step of a cosine or linear schedule.'),
     beta1: z.number().min(0).lt(1).default(0.9).describe('Adam β1.'),
     beta2: z.number().min(0).lt(1).default(0.999).describe('Adam β2.'),
     adam_eps: z.number().positive().default(1e-8).describe('Adam ε.'),

@@ -6,7 +6,6 @@
  */
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import type { Config } from '../config/schema.js';
 import type { Dataset } from '../data/dataset.js';
 import { latestValidCheckpoint, writeCheckpoint } from '../model/checkpoint.js';
 import { createDenoiser } from '../model/nets/factory.js';
@@ -61,7 +60,7 @@ export class CentralState {
     const { checkpoint, skipped } = await latestValidCheckpoint(cfg.run.out_dir, { model: shapes });
     for (const s of skipped) log?.warn({ dir: s.dir, error: s.error }, 'skipping unusable checkpoint');
     if (checkpoint) {
-      checkResumeCompatible(checkpoint.state.config as Config, cfg, checkpoint.dir);
+      checkResumeCompatible(checkpoint.state.config, cfg, checkpoint.dir);
       st.ckpt = {
         parts: { model: checkpoint.model, ema: checkpoint.ema, optimizer: checkpoint.optimizer },
         state: { ...checkpoint.state, step: checkpoint.step },

@@ -12,7 +12,8 @@ import { readShard, type LoadedShard } from '../data/prefetch.js';
 import { GlobalBatches } from '../data/batches.js';
 import { createDenoiser } from '../model/nets/factory.js';
 import type { Denoiser } from '../model/nets/denoiser.js';
-import { scheduleFor, type Schedule } from '../model/diffusion/schedule.js';
+import { scheduleOf, type Schedule } from '../model/diffusion/schedule.js';
+import { lossWeights } from '../model/diffusion/weighting.js';
 import { createSampler, type SamplerState, type TimestepSampler } from '../model/diffusion/timesteps.js';
 import { disposeState, initialState, type TrainState } from '../model/optim.js';
 import { latestValidCheckpoint } from '../model/checkpoint.js';
@@ -25,6 +26,8 @@ export interface Job {
   dataset: Dataset;
   model: Denoiser;
   schedule: Schedule;
+  /** λ_t of the loss weighting per timestep; null = all 1 (none). */
+  lossWeights: Float64Array | null;
   sampler: TimestepSampler;
   batches: GlobalBatches;
   state: TrainState;
@@ -34,11 +37,17 @@ export interface Job {
 /** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
 export function createJob(cfg: ResolvedConfig, dataset: Dataset): Job {
   const model = createDenoiser(cfg.model, [...dataset.shape]);
+  const d = cfg.diffusion;
+  const schedule = scheduleOf(d);
   return {
     cfg,
     dataset,
     model,
-    schedule: scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps),
+    schedule,
+    lossWeights:
+      d.loss_weighting === 'none'
+        ? null
+        : lossWeights(d.loss_weighting, d.prediction, schedule, d.min_snr_gamma),
     sampler: samplerFor(cfg),
     // The one place the global batch size enters a job: steps, shards and the coordinator's
     // shard reads take it from here (job.batches.B).
@@ -81,7 +90,7 @@ export async function openJob(config: Config, log?: Logger, opened?: Dataset): P
   for (const s of skipped) log?.warn({ dir: s.dir, error: s.error }, 'skipping unusable checkpoint');
   if (!checkpoint) return job;
   disposeState(job.state);
-  checkResumeCompatible(checkpoint.state.config as Config, cfg, checkpoint.dir);
+  checkResumeCompatible(checkpoint.state.config, cfg, checkpoint.dir);
   job.state = stateFromCheckpoint(checkpoint);
   job.sampler = samplerFor(cfg, checkpoint.state.sampler as SamplerState);
   job.resumedFrom = checkpoint.dir;

@@ -3,6 +3,7 @@ import type { Config } from '../config/schema.js';
 import { paramsFromHost, type HostTensor, type Params } from '../model/params.js';
 import { type TrainState } from '../model/optim.js';
 import { type LoadedCheckpoint } from '../model/checkpoint.js';
+import { validateConfig } from '../config/load.js';
 
 /** Keys whose change would make a resumed run a different run. */
 const RUN_DEFINING = [
@@ -13,6 +14,8 @@ const RUN_DEFINING = [
   'train.global_batch',
   'train.lr',
   'train.warmup_steps',
+  'train.lr_schedule',
+  'train.lr_final',
   'train.beta1',
   'train.beta2',
   'train.adam_eps',
@@ -27,8 +30,13 @@ function pick(cfg: Config, key: string): unknown {
   return key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], cfg);
 }
 
-/** Throws if `saved` differs from `cfg` in a key that defines the run (names the first such key). */
-export function checkResumeCompatible(saved: Config, cfg: Config, dir: string): void {
+/**
+ * Throws if `saved` (a checkpoint's config) differs from `cfg` in a key that defines the run (names
+ * the first such key). Keys added since the checkpoint was written take their defaults, which keep
+ * the behaviour of the version that wrote it.
+ */
+export function checkResumeCompatible(raw: unknown, cfg: Config, dir: string): void {
+  const saved = validateConfig(raw, `${dir}/state.json config`);
   for (const key of RUN_DEFINING) {
     const a = JSON.stringify(pick(saved, key));
     const b = JSON.stringify(pick(cfg, key));

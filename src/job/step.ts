@@ -138,6 +138,9 @@ export async function fusedStep(
     probs,
     classDropout: cfg.model.class_dropout,
     microbatch: cfg.train.microbatch,
+    prediction: cfg.diffusion.prediction,
+    lossWeights: job.lossWeights,
+    offsetNoise: cfg.diffusion.offset_noise,
   });
   const layout = fusedLayout(state.params, B);
   const fused = packFused(layout, res.grads, res.losses, shard.from);

@@ -36,9 +36,18 @@ export function disposeState(s: TrainState): void {
   for (const p of [s.params, s.ema, s.m, s.v]) disposeParams(p);
 }
 
-/** Learning rate at 0-based step n: linear warm-up to cfg.lr over warmup_steps. */
+/**
+ * Learning rate at 0-based step n: linear warm-up to cfg.lr over warmup_steps, then constant or a
+ * cosine / linear decay reaching cfg.lr_final at the last step (cfg.steps − 1).
+ */
 export function learningRate(cfg: TrainConfig, n: number): number {
-  return cfg.warmup_steps > 0 ? cfg.lr * Math.min(1, (n + 1) / cfg.warmup_steps) : cfg.lr;
+  if (cfg.warmup_steps > 0 && n + 1 < cfg.warmup_steps) return cfg.lr * ((n + 1) / cfg.warmup_steps);
+  if (cfg.lr_schedule === 'constant') return cfg.lr;
+  // Progress p from the end of the warm-up (0) to the last step (1).
+  const span = Math.max(1, cfg.steps - Math.max(cfg.warmup_steps, 1));
+  const p = Math.min(1, Math.max(0, (n + 1 - Math.max(cfg.warmup_steps, 1)) / span));
+  const shape = cfg.lr_schedule === 'cosine' ? 0.5 * (1 + Math.cos(Math.PI * p)) : 1 - p;
+  return cfg.lr_final + (cfg.lr - cfg.lr_final) * shape;
 }
 
 /** EMA decay at 0-based step n (with the optional min(decay, (1+n)/(10+n)) warm-up). */

@@ -17,6 +17,7 @@ export const Purpose = {
   sampleNoise: 5,
   permutation: 6,
   data: 7,
+  offsetNoise: 8,
 } as const;
 export type Purpose = (typeof Purpose)[keyof typeof Purpose];
 

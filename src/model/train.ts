@@ -10,6 +10,7 @@ import { sortedNames, type Params } from './params.js';
 import type { Schedule } from './diffusion/schedule.js';
 import { drawTimesteps } from './diffusion/timesteps.js';
 import { noiseFor } from './rng.js';
+import { targetFor, type Prediction } from './diffusion/prediction.js';
 import { perExampleMse } from './diffusion/loss.js';
 import { qSample } from './diffusion/process.js';
 import { Purpose, stream } from './rng.js';
@@ -36,6 +37,12 @@ export interface StepContext {
   classDropout: number;
   /** Largest number of examples per forward/backward (0 = whole shard). */
   microbatch: number;
+  /** What the network predicts (default ε). */
+  prediction?: Prediction;
+  /** Loss weight λ_t per timestep (src/model/diffusion/weighting.ts); null or absent = 1. */
+  lossWeights?: Float64Array | null;
+  /** Scale of the per-example, per-channel noise offset (0 or absent = off). */
+  offsetNoise?: number;
 }
 
 export interface ShardResult {
@@ -66,11 +73,40 @@ export function dropLabels(
   return out;
 }
 
-/** Gradient of the weighted ε-loss over one shard (micro-batched), summed. */
+/**
+ * Standard normals for examples [offset, offset+n) of a step plus, with `scale` > 0, an offset
+ * drawn per example and channel (last axis) and added over the whole example (offset noise,
+ * Guttenberg 2023); each example's draws come from its own streams.
+ */
+export function trainingNoise(
+  ctx: StepContext,
+  offset: number,
+  n: number,
+  dataShape: readonly number[],
+  scale: number,
+): Float32Array {
+  const size = dataShape.reduce((a, b) => a * b, 1);
+  const noise = noiseFor(ctx.seed, ctx.step, offset, n, size, Purpose.noise);
+  if (scale <= 0) return noise;
+  const C = dataShape[dataShape.length - 1] ?? 1;
+  const shift = new Float32Array(C);
+  for (let i = 0; i < n; i++) {
+    stream(ctx.seed, ctx.step, offset + i, Purpose.offsetNoise).normals(shift);
+    const ex = noise.subarray(i * size, (i + 1) * size);
+    for (let k = 0; k < size; k++) ex[k] = (ex[k] as number) + scale * (shift[k % C] as number);
+  }
+  return noise;
+}
+
+/**
+ * Gradient over one shard (micro-batched), summed, of Σ_j w_j·λ(t_j)·mse_j / B: mse_j between the
+ * network's output and the target of `ctx.prediction` (ε, x₀ or v), w_j the importance weight.
+ */
 export function shardGradients(model: Denoiser, params: Params, shard: Shard, ctx: StepContext): ShardResult {
   const names = sortedNames(params);
   const list = names.map((n) => params.get(n) as tf.Tensor);
   const exampleSize = model.dataShape.reduce((a, b) => a * b, 1);
+  const pred = ctx.prediction ?? 'eps';
   const { t, weights } = drawTimesteps(
     ctx.probs,
     ctx.seed,
@@ -90,10 +126,16 @@ export function shardGradients(model: Denoiser, params: Params, shard: Shard, ct
     const res = tf.tidy(() => {
       const shape = [n, ...model.dataShape];
       const x0 = tf.tensor(shard.x0.subarray(start * exampleSize, (start + n) * exampleSize), shape);
-      const noise = tf.tensor(noiseFor(ctx.seed, ctx.step, pos, n, exampleSize, Purpose.noise), shape);
+      const noise = tf.tensor(trainingNoise(ctx, pos, n, model.dataShape, ctx.offsetNoise ?? 0), shape);
       const xt = qSample(ctx.schedule, x0, tSlice, noise);
+      const target = targetFor(pred, ctx.schedule, x0, noise, tSlice);
       const tT = tf.tensor1d(Float32Array.from(tSlice), 'float32');
-      const w = tf.tensor1d(weights.subarray(start, start + n), 'float32');
+      const lambda = ctx.lossWeights;
+      // λ enters the recorded losses too: the importance sampler then evens out what is optimised.
+      const lam = lambda ? Float32Array.from(tSlice, (ti) => lambda[ti] as number) : null;
+      const wHost = weights.slice(start, start + n);
+      if (lam) for (let i = 0; i < n; i++) wHost[i] = (wHost[i] as number) * (lam[i] as number);
+      const w = tf.tensor1d(wHost, 'float32');
       const y =
         shard.labels && model.numClasses > 0
           ? tf.tensor1d(
@@ -104,8 +146,8 @@ export function shardGradients(model: Denoiser, params: Params, shard: Shard, ct
       let mse: tf.Tensor1D | null = null;
       const f = (...ps: tf.Tensor[]): tf.Scalar => {
         const p: Params = new Map(names.map((name, i) => [name, ps[i] as tf.Tensor]));
-        const m = perExampleMse(noise, model.apply(p, xt, tT, y));
-        mse = tf.keep(m);
+        const m = perExampleMse(target, model.apply(p, xt, tT, y));
+        mse = tf.keep(lam ? (tf.mul(m, tf.tensor1d(lam, 'float32')) as tf.Tensor1D) : m);
         return tf.div(tf.sum(tf.mul(w, m)), ctx.globalBatch) as tf.Scalar;
       };
       const { value, grads: g } = tf.valueAndGrads(f)(list);

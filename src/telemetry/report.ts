@@ -15,7 +15,7 @@ import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from '../model/chec
 import { createDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { drawSamples } from '../model/sampling/sample.js';
-import { scheduleFor } from '../model/diffusion/schedule.js';
+import { scheduleOf } from '../model/diffusion/schedule.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readHistory, type HistoryEntry } from './history.js';
@@ -130,7 +130,7 @@ async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer>
   try {
     const K = model.numClasses;
     const count = K > 0 ? 2 * K : 16;
-    const data = drawSamples(model, ema, scheduleFor(cfg.diffusion.schedule, cfg.diffusion.timesteps), {
+    const data = drawSamples(model, ema, scheduleOf(cfg.diffusion), {
       count: shape.length === 3 ? count : 512,
       sampler: 'ddim',
       steps: Math.min(25, cfg.diffusion.timesteps),
@@ -139,6 +139,7 @@ async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer>
       classLabel: null,
       seed: cfg.run.seed,
       sigma: cfg.diffusion.sigma,
+      prediction: cfg.diffusion.prediction,
       clip: shape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: 256,
     });

@@ -61,12 +61,15 @@ export function predictX0(s: Schedule, xt: tf.Tensor, t: ArrayLike<number>, eps:
   );
 }
 
-/** ε implied by x_t and a (possibly clipped) x̂₀: inverse of predictX0. */
+/**
+ * ε implied by x_t and a (possibly clipped) x̂₀: (x_t − √ᾱ x̂₀)/√(1−ᾱ), the inverse of predictX0,
+ * written so that it stays finite at ᾱ = 0 (zero terminal SNR).
+ */
 export function epsFromX0(s: Schedule, xt: tf.Tensor, t: ArrayLike<number>, x0: tf.Tensor): tf.Tensor {
   return tf.tidy(() =>
     tf.div(
-      tf.sub(tf.mul(coef(s.sqrtRecipAlphasCumprod, t, xt.rank), xt), x0),
-      coef(s.sqrtRecipm1AlphasCumprod, t, xt.rank),
+      tf.sub(xt, tf.mul(coef(s.sqrtAlphasCumprod, t, xt.rank), x0)),
+      coef(s.sqrtOneMinusAlphasCumprod, t, xt.rank),
     ),
   );
 }

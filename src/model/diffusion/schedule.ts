@@ -75,7 +75,34 @@ export interface Schedule {
   readonly posteriorMeanCoef2: Float64Array;
 }
 
-/** Derives the constants of a schedule from its β_t. */
+/**
+ * Zero terminal SNR (Lin et al. 2023, Algorithm 1): shifts √ᾱ_t so that its last value is 0 and
+ * rescales it so that its first value is unchanged; the last β becomes 1 (x_T is pure noise, as
+ * sampling assumes). Needs a prediction target other than ε (ε̂ says nothing about x₀ at SNR 0).
+ */
+export function rescaleZeroTerminalSnr(betas: Float64Array): Float64Array {
+  const T = betas.length;
+  const sqrtAc = new Float64Array(T);
+  let prod = 1;
+  for (let t = 0; t < T; t++) {
+    prod *= 1 - (betas[t] as number);
+    sqrtAc[t] = Math.sqrt(prod);
+  }
+  const first = sqrtAc[0] as number;
+  const last = sqrtAc[T - 1] as number;
+  const out = new Float64Array(T);
+  let prevAc = 1;
+  for (let t = 0; t < T; t++) {
+    const r = (((sqrtAc[t] as number) - last) * first) / (first - last);
+    const ac = r * r;
+    out[t] = 1 - ac / prevAc;
+    prevAc = ac;
+  }
+  out[T - 1] = 1;
+  return out;
+}
+
+/** Derives the constants of a schedule from its β_t (only the last may be 1: zero terminal SNR). */
 export function makeSchedule(betas: Float64Array): Schedule {
   const T = betas.length;
   const mk = () => new Float64Array(T);
@@ -85,7 +112,7 @@ export function makeSchedule(betas: Float64Array): Schedule {
   let prod = 1;
   for (let t = 0; t < T; t++) {
     const b = betas[t] as number;
-    if (!(b > 0 && b < 1)) throw new Error(`β_${t} = ${b} is outside (0, 1)`);
+    if (!(b > 0 && (b < 1 || (b === 1 && t === T - 1)))) throw new Error(`β_${t} = ${b} is outside (0, 1)`);
     alphas[t] = 1 - b;
     acPrev[t] = prod;
     prod *= 1 - b;
@@ -121,7 +148,22 @@ export function makeSchedule(betas: Float64Array): Schedule {
   return s;
 }
 
-/** The schedule named in the config. */
-export function scheduleFor(name: ScheduleName, T: number): Schedule {
-  return makeSchedule(betaSchedule(name, T));
+/** The schedule named in the config, rescaled to zero terminal SNR when asked. */
+export function scheduleFor(name: ScheduleName, T: number, zeroTerminalSnr = false): Schedule {
+  const betas = betaSchedule(name, T);
+  return makeSchedule(zeroTerminalSnr ? rescaleZeroTerminalSnr(betas) : betas);
+}
+
+/** The schedule of a job's `diffusion` config. */
+export function scheduleOf(d: {
+  schedule: ScheduleName;
+  timesteps: number;
+  zero_terminal_snr: boolean;
+}): Schedule {
+  return scheduleFor(d.schedule, d.timesteps, d.zero_terminal_snr);
+}
+
+/** Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) per timestep (0 at a zero-terminal-SNR end). */
+export function snr(s: Schedule): Float64Array {
+  return s.alphasCumprod.map((a) => a / (1 - a));
 }

@@ -2,8 +2,8 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Schedule } from '../diffusion/schedule.js';
 import { initialNoise, stepNoise, type SampleOptions } from './noise.js';
-import type { EpsFn } from './guidance.js';
-import { epsFromX0, predictX0 } from '../diffusion/process.js';
+import type { DenoiseFn } from './guidance.js';
+import { epsFromX0 } from '../diffusion/process.js';
 
 /** K timesteps spread evenly over 0…T−1, descending, always including T−1 and 0. */
 export function stridedTimesteps(T: number, K: number): number[] {
@@ -21,7 +21,7 @@ export function stridedTimesteps(T: number, K: number): number[] {
  */
 export function ddimSample(
   s: Schedule,
-  eps: EpsFn,
+  denoise: DenoiseFn,
   shape: number[],
   opts: SampleOptions & { steps: number; eta: number },
 ): tf.Tensor {
@@ -32,8 +32,7 @@ export function ddimSample(
     const prev = seq[k + 1];
     const next = tf.tidy(() => {
       const ts = new Array<number>(B).fill(t);
-      let e = eps(x, t);
-      let x0 = predictX0(s, x, ts, e);
+      let { eps: e, x0 } = denoise(x, t);
       if (opts.clip) {
         x0 = tf.clipByValue(x0, -1, 1);
         e = epsFromX0(s, x, ts, x0);

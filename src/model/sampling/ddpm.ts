@@ -2,17 +2,17 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Schedule } from '../diffusion/schedule.js';
 import { initialNoise, stepNoise, type SampleOptions } from './noise.js';
-import type { EpsFn } from './guidance.js';
-import { predictX0, qPosterior } from '../diffusion/process.js';
+import type { DenoiseFn } from './guidance.js';
+import { qPosterior } from '../diffusion/process.js';
 
 /**
  * DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): x_T ~ N(0, I); for t = T−1…0,
- * x_{t−1} = μ̃(x̂₀(x_t, ε̂), x_t) + σ_t z, z = 0 at the last step. Without clipping μ̃ equals
+ * x_{t−1} = μ̃(x̂₀, x_t) + σ_t z, z = 0 at the last step. Without clipping μ̃ equals
  * (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t exactly; with clipping x̂₀ is clipped first. σ_t² = β_t or β̃_t.
  */
 export function ddpmSample(
   s: Schedule,
-  eps: EpsFn,
+  denoise: DenoiseFn,
   shape: number[],
   opts: SampleOptions & { sigma: 'beta' | 'posterior' },
 ): tf.Tensor {
@@ -21,7 +21,7 @@ export function ddpmSample(
   for (let t = s.T - 1; t >= 0; t--) {
     const next = tf.tidy(() => {
       const ts = new Array<number>(B).fill(t);
-      let x0 = predictX0(s, x, ts, eps(x, t));
+      let x0 = denoise(x, t).x0;
       if (opts.clip) x0 = tf.clipByValue(x0, -1, 1);
       const { mean } = qPosterior(s, x0, x, ts);
       if (t === 0) return mean;

@@ -1,19 +1,35 @@
-/** The denoiser as samplers call it (ε̂ at one timestep), and classifier-free guidance around it. */
+/**
+ * The denoiser as samplers call it: the network's raw output at one timestep (ε, x₀ or v, see
+ * src/model/diffusion/prediction.ts), classifier-free guidance around it, and the (ε̂, x̂₀) pair
+ * every sampler works with.
+ */
 import * as tf from '@tensorflow/tfjs';
+import { denoised, type Prediction } from '../diffusion/prediction.js';
+import type { Schedule } from '../diffusion/schedule.js';
 
-/** ε̂(x, t) for a batch where every example is at the same timestep t. Returns [B, …]. */
-export type EpsFn = (x: tf.Tensor, t: number) => tf.Tensor;
+/** The network's output at x for a batch where every example is at timestep t: [B, …]. */
+export type ModelFn = (x: tf.Tensor, t: number) => tf.Tensor;
+
+/** ε̂ and x̂₀ at x for a batch where every example is at timestep t: each [B, …]. */
+export type DenoiseFn = (x: tf.Tensor, t: number) => { eps: tf.Tensor; x0: tf.Tensor };
+
+/** The (ε̂, x̂₀) of a network that predicts `pred`. */
+export function denoiserFor(pred: Prediction, s: Schedule, f: ModelFn): DenoiseFn {
+  return (x, t) => tf.tidy(() => denoised(pred, s, x, new Array<number>(x.shape[0] ?? 0).fill(t), f(x, t)));
+}
 
 /**
- * Classifier-free guidance: ε = (1 + w)·ε(x | y) − w·ε(x | ∅), one model call on the doubled batch.
- * `cond(x, t, y)` evaluates the model with labels y ([B] int32, null class = nullClass).
+ * Classifier-free guidance: o = (1 + w)·o(x | y) − w·o(x | ∅) on the raw output o, one model call
+ * on the doubled batch. The same as guiding ε for every prediction target: the conversion to ε is
+ * affine in o with coefficients that do not depend on the label. `cond(x, t, y)` evaluates the
+ * model with labels y ([B] int32, null class = nullClass).
  */
-export function guidedEps(
+export function guidedOutput(
   cond: (x: tf.Tensor, t: number, y: tf.Tensor1D) => tf.Tensor,
   labels: Int32Array,
   nullClass: number,
   w: number,
-): EpsFn {
+): ModelFn {
   return (x, t) =>
     tf.tidy(() => {
       const B = labels.length;

@@ -9,7 +9,8 @@ import type { Params } from '../params.js';
 import type { Schedule } from '../diffusion/schedule.js';
 import { ddimSample } from './ddim.js';
 import { ddpmSample } from './ddpm.js';
-import { guidedEps, type EpsFn } from './guidance.js';
+import { denoiserFor, guidedOutput, type ModelFn } from './guidance.js';
+import type { Prediction } from '../diffusion/prediction.js';
 
 export interface SampleRequest {
   count: number;
@@ -23,6 +24,8 @@ export interface SampleRequest {
   classLabel: number | null;
   seed: number;
   sigma: 'beta' | 'posterior';
+  /** What the network predicts (the job's diffusion.prediction). */
+  prediction: Prediction;
   clip: boolean;
   /** Examples per model call. */
   chunk: number;
@@ -46,20 +49,21 @@ export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: S
   for (let start = 0; start < req.count; start += req.chunk) {
     const n = Math.min(req.chunk, req.count - start);
     const shape = [n, ...model.dataShape];
-    let eps: EpsFn;
+    let f: ModelFn;
     if (K === 0) {
-      eps = (x, t) =>
+      f = (x, t) =>
         tf.tidy(() => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, null));
     } else {
       const labels = new Int32Array(n);
       for (let i = 0; i < n; i++) labels[i] = req.classLabel ?? (start + i) % K;
-      eps = guidedEps(
+      f = guidedOutput(
         (x, t, y) => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, y),
         labels,
         K,
         req.guidance,
       );
     }
+    const denoise = denoiserFor(req.prediction, s, f);
     const common = {
       seed: req.seed,
       indexOffset: start,
@@ -68,8 +72,8 @@ export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: S
     };
     const x =
       req.sampler === 'ddpm'
-        ? ddpmSample(s, eps, shape, { ...common, sigma: req.sigma })
-        : ddimSample(s, eps, shape, { ...common, steps: req.steps, eta: req.eta });
+        ? ddpmSample(s, denoise, shape, { ...common, sigma: req.sigma })
+        : ddimSample(s, denoise, shape, { ...common, steps: req.steps, eta: req.eta });
     out.set(x.dataSync(), start * size);
     x.dispose();
   }
