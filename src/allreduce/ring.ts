@@ -114,6 +114,21 @@
  * when its ring closes, by the other ranks' rings when they close (its creator may have died), at
  * process exit, or by a later segment creation on the host once its process is gone (shm.ts).
  *
+ * ## What a rank acts on
+ * Anyone who can reach a rank's PULL port can send it messages. Besides malformed ones and those of
+ * another job or generation (frame.ts), a rank drops and counts, without acting on them:
+ *   - on a ring with a `secret` (workers: a new one with every generation, in the coordinator's
+ *     plans), every frame without a valid MAC under it, or whose per-link index is not above the
+ *     last one accepted (a replay) — checked before anything else, shared-memory names included;
+ *   - data and DONE frames whose sender is not the predecessor, and ABORTs naming no rank;
+ *   - frames for a collective other than the current one and the next (the predecessor may be
+ *     one collective ahead, never more: a collective ends on a rank only once every rank has
+ *     processed its data frames of it); for ABORT, which is about the generation, the previous
+ *     one too (the successor of a rank that gave up may already be one collective further). A frame
+ *     for the next collective waits in a queue of its own, so no frame can hold up the current one.
+ * Without a secret, a forged ABORT for the current collective is still obeyed: that is what the
+ * secret is for.
+ *
  * ## Failure semantics
  * Every call rejects with a `RingError` (see `errors.ts`): `RingTimeoutError` when no frame
  * arrives from the predecessor for `timeoutMs` while the call waits for one, `RingAbortedError`
@@ -142,7 +157,10 @@ import {
 import {
   ELEMENT_BYTES,
   Encoding,
+  FrameAuth,
   Phase,
+  SECRET_MAX_BYTES,
+  SECRET_MIN_BYTES,
   decodeMessage,
   encodeHeader,
   type Frame,
@@ -231,6 +249,16 @@ export interface RingOptions {
    * 4-8 MiB ~35 ms). Ranks may differ: a receiver follows its sender's frames.
    */
   sharedMemoryFrameBytes?: number;
+  /**
+   * The generation's secret, shared by its ranks only (workers get 16 random bytes per generation
+   * in their plans; 16-64 bytes). Every header then carries a MAC under it and a per-link index,
+   * and frames without a valid MAC, or replayed, are dropped and counted
+   * (`dropped.unauthenticated`) before anything acts on them: someone who can reach the port but
+   * holds no plan cannot abort, stall or feed the ring. Data payloads are not covered (see
+   * frame.ts). Without a secret nothing is authenticated (every rank must agree: a ring with one
+   * drops all frames of a rank without).
+   */
+  secret?: Uint8Array;
   /** Diagnostic hook: called with every accepted data frame before it is processed. */
   onFrame?: (h: FrameHeader) => void;
 }
@@ -251,8 +279,18 @@ export interface RingCounters {
     futureGeneration: number;
     /** Not two frames, undecodable header, bad enum, payload size ≠ count × element size. */
     malformed: number;
-    /** Right job and generation but not the frame the collective expects (wrong seq) or after a failure. */
+    /**
+     * Right job and generation but not a frame to act on: for a collective that is neither the
+     * current nor the next one (including ABORTs more than one collective away), a data frame
+     * whose sender is not the predecessor, a sender that is no rank, a frame left over when its
+     * collective ended, or any frame after a failure.
+     */
     unexpected: number;
+    /**
+     * Only on rings with a `secret`: no valid MAC under it (an outsider, or another generation),
+     * or a link index not above the last one accepted (a replay).
+     */
+    unauthenticated?: number;
   };
   /** CURVE clients refused by the ZAP handler. */
   authDenied: number;
@@ -365,15 +403,31 @@ async function zapLoop(sock: zmq.Reply): Promise<void> {
   }
 }
 
+/** The ZAP socket while it is being bound (rings opened concurrently must not bind it twice). */
+let zapStarting: Promise<zmq.Reply> | undefined;
+
 async function zapRegister(allowed: string[]): Promise<string> {
   const domain = `ringdiff-${process.pid}-${++zapSeq}`;
   zapDomains.set(domain, { allowed: new Set(allowed), denied: 0 });
   zapUsers++;
   if (!zapSocket) {
-    const sock = new zmq.Reply({ context: ringContext(), linger: 0 });
-    await sock.bind('inproc://zeromq.zap.01');
-    zapSocket = sock;
-    void zapLoop(sock);
+    const starting = (zapStarting ??= (async () => {
+      const sock = new zmq.Reply({ context: ringContext(), linger: 0 });
+      await sock.bind('inproc://zeromq.zap.01');
+      return sock;
+    })());
+    try {
+      const sock = await starting;
+      if (zapStarting === starting) {
+        zapStarting = undefined;
+        zapSocket = sock;
+        void zapLoop(sock);
+      }
+    } catch (e) {
+      if (zapStarting === starting) zapStarting = undefined;
+      zapUnregister(domain);
+      throw e;
+    }
   }
   return domain;
 }
@@ -521,10 +575,22 @@ export class Ring {
   private readonly curve: CurveKeys | undefined;
 
   private nextSeq = 0;
+  /**
+   * Sequence number of the collective in progress, or of the next one to start when idle. Frames
+   * are accepted for it (`inbox`) and for the one after it (`nextInbox`: the predecessor may be a
+   * collective ahead, never more, since a collective ends only once every rank has processed its
+   * data frames); any other is dropped at once, so none can hold up the frames behind it.
+   */
+  private curSeq = 0;
   private tail: Promise<unknown> = Promise.resolve();
   private op: Op | null = null;
   private inbox: Frame[] = [];
   private inboxHead = 0;
+  private nextInbox: Frame[] = [];
+  /** Authenticated rings: MACs under the secret; link indices sent and last accepted. */
+  private readonly auth: FrameAuth | null = null;
+  private sendIndex = 0;
+  private recvIndex = 0;
   private sendQ: Array<[Buffer, Buffer] | undefined> = [];
   private sendHead = 0;
   private pumping = false;
@@ -589,6 +655,19 @@ export class Ring {
     )
       throw new RingConfigError('successorAddress is required when worldSize > 1');
     this.onFrame = o.onFrame;
+    if (o.secret !== undefined) {
+      const sec = o.secret;
+      if (
+        !(sec instanceof Uint8Array) ||
+        sec.byteLength < SECRET_MIN_BYTES ||
+        sec.byteLength > SECRET_MAX_BYTES
+      )
+        throw new RingConfigError(
+          `secret must be a Uint8Array of ${SECRET_MIN_BYTES} to ${SECRET_MAX_BYTES} bytes`,
+        );
+      this.auth = new FrameAuth(sec);
+      this.counters.dropped.unauthenticated = 0;
+    }
     const shmMode = o.sharedMemory ?? 'auto';
     if (shmMode !== 'auto' && shmMode !== 'off')
       throw new RingConfigError(`sharedMemory must be 'auto' or 'off'`);
@@ -849,6 +928,13 @@ export class Ring {
   finish(op: Op): void {
     if (this.op !== op) return;
     this.op = null;
+    // The window moves on: what is left of this collective is dropped, the next one's frames
+    // become current.
+    this.counters.dropped.unexpected += this.inbox.length - this.inboxHead;
+    this.curSeq = op.seq + 1;
+    this.inbox = this.nextInbox;
+    this.inboxHead = 0;
+    this.nextInbox = [];
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = undefined;
@@ -914,7 +1000,7 @@ export class Ring {
       {
         jobId: this.jobId,
         generation: this.generation,
-        seq: op ? op.seq : this.nextSeq,
+        seq: this.curSeq,
         step: 0,
         phase: Phase.ABORT,
         chunk: 0,
@@ -974,6 +1060,17 @@ export class Ring {
       else c.dropped.futureGeneration++;
       return;
     }
+    if (this.auth) {
+      // Before anything acts on the frame (shared-memory segments are opened only for it).
+      const ok =
+        this.auth.verify(parts[0] as Buffer, h.phase === Phase.ABORT ? r.frame.payload : null) &&
+        (h.linkIndex ?? 0) > this.recvIndex;
+      if (!ok) {
+        c.dropped.unauthenticated = (c.dropped.unauthenticated ?? 0) + 1;
+        return;
+      }
+      this.recvIndex = h.linkIndex as number;
+    }
     if (this.broken || this.closed) {
       c.dropped.unexpected++;
       return;
@@ -988,6 +1085,19 @@ export class Ring {
       c.shm.framesReceived++;
       c.shm.bytesReceived += view.byteLength;
     }
+    // Only ABORT names another rank than the predecessor as its sender (the one that gave up).
+    const pred = mod(this.rank - 1, this.worldSize);
+    if (h.sender >= this.worldSize || (h.phase !== Phase.ABORT && h.sender !== pred)) {
+      c.dropped.unexpected++;
+      return;
+    }
+    // ABORT is about the generation: the predecessor may be one collective ahead of this rank or
+    // one behind. Data frames: the current collective or the next (see `curSeq`).
+    const lag = h.seq - this.curSeq;
+    if (h.phase === Phase.ABORT ? lag < -1 || lag > 1 : lag !== 0 && lag !== 1) {
+      c.dropped.unexpected++;
+      return;
+    }
     c.framesReceived++;
     c.bytesReceived += r.frame.payload.byteLength;
     if (h.phase === Phase.ABORT) {
@@ -1000,6 +1110,10 @@ export class Ring {
         ),
         { origin: h.sender, reason },
       );
+      return;
+    }
+    if (lag === 1) {
+      this.nextInbox.push(r.frame);
       return;
     }
     this.inbox.push(r.frame);
@@ -1099,7 +1213,7 @@ export class Ring {
       const f = this.inbox[this.inboxHead] as Frame;
       const op = this.op;
       if (f.header.seq !== op.seq) {
-        if (f.header.seq > op.seq) return; // for a later collective: keep it
+        // Cannot happen (the inbox holds frames of `curSeq` only); never let one block the rest.
         this.inboxHead++;
         this.counters.dropped.unexpected++;
         continue;
@@ -1135,7 +1249,12 @@ export class Ring {
     // ZeroMQ reads a payload after this returns; a mapped segment may be unmapped before that.
     if (payload.byteLength > 0 && this.isMapped(payload.buffer))
       throw new RingProtocolError('internal error: a shared-memory view sent through the socket');
-    this.sendQ.push([encodeHeader(h), payload]);
+    let hb: Buffer;
+    if (this.auth) {
+      h.linkIndex = ++this.sendIndex;
+      hb = this.auth.seal(encodeHeader(h), h.phase === Phase.ABORT ? payload : null);
+    } else hb = encodeHeader(h);
+    this.sendQ.push([hb, payload]);
     if (!this.pumping) void this.pump();
   }
 

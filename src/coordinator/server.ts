@@ -2,7 +2,7 @@
  * The coordinator's gRPC server: authentication, validation, membership and the plan streams.
  * Training-state handling (checkpoints, EMA, sampler table) plugs in through `CoordinatorHooks`.
  */
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
@@ -604,6 +604,9 @@ export class CoordinatorServer {
     this.tick(Date.now());
   }
 
+  /** Each generation's ring secret (frame MAC key), drawn when its first plan is written. */
+  private readonly ringSecrets = new WeakMap<Generation, Buffer>();
+
   private planFor(g: Generation, id: string): pb.IPlan {
     const rank = g.ring.findIndex((m) => m.id === id);
     const ckptStep = this.opts.job?.state.checkpointStep ?? -1;
@@ -626,6 +629,7 @@ export class CoordinatorServer {
       checkpointStep: ckptStep,
       // Only when the checkpoint is ahead of every member: otherwise the ring syncs from a peer.
       stateSource: ckptStep > newestMember ? 'coordinator' : '',
+      ringSecret: this.ringSecrets.get(g) ?? this.ringSecrets.set(g, randomBytes(16)).get(g),
     };
   }
 

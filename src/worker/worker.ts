@@ -467,6 +467,8 @@ export class Worker {
           closeLingerMs: 0,
           compression: cfg.cluster.allreduce.compression,
           encryption: cfg.cluster.allreduce.encryption,
+          // Frames without this generation's MAC are dropped (an older coordinator sends none).
+          ...(plan.ringSecret.length > 0 ? { secret: plan.ringSecret } : {}),
           ...(curve
             ? {
                 curve: {
