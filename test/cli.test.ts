@@ -106,9 +106,10 @@ test('model.num_classes follows the dataset; a number that does not fit its labe
 for (const [what, keys] of [
   ["the README's toy usage", []],
   [
-    'v-prediction, min-SNR, zero terminal SNR and a cosine learning rate',
+    'v-prediction, learned variance, min-SNR, zero terminal SNR and a cosine learning rate',
     [
       'diffusion.prediction=v',
+      'diffusion.learn_sigma=true',
       'diffusion.loss_weighting=min_snr',
       'diffusion.zero_terminal_snr=true',
       'train.lr_schedule=cosine',

@@ -72,6 +72,11 @@ function splitGradients(
 const OBJECTIVES = [
   { name: 'ε', ctx: (): Partial<StepContext> => ({}) },
   {
+    name: 'ε with learned variance (L_hybrid)',
+    outputs: 2,
+    ctx: (): Partial<StepContext> => ({ vlbWeight: 0.001 }),
+  },
+  {
     name: 'v, min-SNR-5, offset noise 0.1',
     ctx: (): Partial<StepContext> => ({
       prediction: 'v',
@@ -94,7 +99,11 @@ for (const kind of ['mlp', 'unet'] as const)
         'model.class_dropout=0.3',
       ]);
       const shape = kind === 'mlp' ? [2] : [8, 8, 1];
-      const model = createDenoiser(resolveForDataset(cfg, { numClasses: 3 }).model, shape);
+      const model = createDenoiser(
+        resolveForDataset(cfg, { numClasses: 3 }).model,
+        shape,
+        objective.outputs ?? 1,
+      );
       const params = model.init(4);
       const B = 12;
       const size = shape.reduce((a, b) => a * b, 1);

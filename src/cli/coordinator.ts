@@ -10,7 +10,7 @@ import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { openDataset } from '../data/spec.js';
 import { initBackend } from '../model/backend/index.js';
-import { createDenoiser } from '../model/nets/factory.js';
+import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
@@ -260,7 +260,7 @@ async function finalSamples(
   log: Logger,
 ): Promise<void> {
   if (!state.ema || cfg.sample.count === 0) return;
-  const model = createDenoiser(cfg.model, [...shape]);
+  const model = jobDenoiser(cfg, [...shape]);
   const ema = paramsFromHost(state.ema);
   try {
     await writeSamplesFrom(cfg, model, ema, scheduleOf(cfg.diffusion), log);

@@ -4,7 +4,7 @@ import { loadCheckpoint } from '../model/checkpoint.js';
 import { validateConfig } from '../config/load.js';
 import { requireResolved } from '../config/resolve.js';
 import { initBackend } from '../model/backend/index.js';
-import { createDenoiser } from '../model/nets/factory.js';
+import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
 import { drawSamples } from '../model/sampling/sample.js';
@@ -53,7 +53,7 @@ export async function sample(o: SampleOptions): Promise<void> {
   if (!Array.isArray(dataShape) || !dataShape.every((d) => Number.isInteger(d) && d > 0)) {
     throw new UsageError(`${o.checkpoint}/state.json: field data_shape is missing or invalid`);
   }
-  const model = createDenoiser(cfg.model, dataShape);
+  const model = jobDenoiser(cfg, dataShape);
   const params = paramsFromHost(o.ema ? ckpt.ema : ckpt.model);
   const schedule = scheduleOf(cfg.diffusion);
   const bar =
@@ -75,6 +75,7 @@ export async function sample(o: SampleOptions): Promise<void> {
       seed: o.seed,
       sigma: cfg.diffusion.sigma,
       prediction: cfg.diffusion.prediction,
+      learnSigma: cfg.diffusion.learn_sigma,
       clip: dataShape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: o.chunk,
       onProgress: (d, t) => {

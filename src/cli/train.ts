@@ -57,6 +57,7 @@ export async function writeSamplesFrom(
     seed: cfg.run.seed,
     sigma: cfg.diffusion.sigma,
     prediction: cfg.diffusion.prediction,
+    learnSigma: cfg.diffusion.learn_sigma,
     clip: images && cfg.diffusion.clip_denoised,
     chunk: 256,
   });

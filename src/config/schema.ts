@@ -133,6 +133,17 @@ export const DiffusionSchema = z
       .describe(
         'Training noise plus this times a per-example, per-channel constant N(0, 1) offset (0.1 is the usual value; 0 = off).',
       ),
+    learn_sigma: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Learn the variance: the network also outputs v, Σ = exp(v log β + (1−v) log β̃), trained by L_hybrid (Nichol & Dhariwal 2021).',
+      ),
+    vlb_weight: z
+      .number()
+      .min(0)
+      .default(0.001)
+      .describe('λ of L_hybrid = L_simple + λ·L_vlb with learn_sigma (0.001, as Nichol & Dhariwal 2021).'),
   })
   .superRefine((d, ctx) => {
     if (d.zero_terminal_snr && d.prediction === 'eps')

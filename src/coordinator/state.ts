@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Dataset } from '../data/dataset.js';
 import { latestValidCheckpoint, writeCheckpoint } from '../model/checkpoint.js';
-import { createDenoiser } from '../model/nets/factory.js';
+import { jobDenoiser } from '../model/nets/factory.js';
 import type { ResolvedConfig } from '../config/resolve.js';
 import { disposeParams, type HostTensor } from '../model/params.js';
 import { checkResumeCompatible } from '../job/resume.js';
@@ -52,7 +52,7 @@ export class CentralState {
 
   /** Opens the run directory: resumes from its newest valid checkpoint when there is one. */
   static async open(cfg: ResolvedConfig, dataset: Dataset, log?: Logger): Promise<CentralState> {
-    const model = createDenoiser(cfg.model, [...dataset.shape]);
+    const model = jobDenoiser(cfg, [...dataset.shape]);
     const init = model.init(cfg.run.seed);
     const shapes = new Map<string, number[]>([...init].map(([n, t]) => [n, [...t.shape]]));
     disposeParams(init);

@@ -10,7 +10,7 @@ import { resolveForDataset, type ResolvedConfig } from '../config/resolve.js';
 import type { Dataset } from '../data/dataset.js';
 import { readShard, type LoadedShard } from '../data/prefetch.js';
 import { GlobalBatches } from '../data/batches.js';
-import { createDenoiser } from '../model/nets/factory.js';
+import { jobDenoiser } from '../model/nets/factory.js';
 import type { Denoiser } from '../model/nets/denoiser.js';
 import { scheduleOf, type Schedule } from '../model/diffusion/schedule.js';
 import { lossWeights } from '../model/diffusion/weighting.js';
@@ -36,7 +36,7 @@ export interface Job {
 
 /** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
 export function createJob(cfg: ResolvedConfig, dataset: Dataset): Job {
-  const model = createDenoiser(cfg.model, [...dataset.shape]);
+  const model = jobDenoiser(cfg, [...dataset.shape]);
   const d = cfg.diffusion;
   const schedule = scheduleOf(d);
   return {

@@ -141,6 +141,7 @@ export async function fusedStep(
     prediction: cfg.diffusion.prediction,
     lossWeights: job.lossWeights,
     offsetNoise: cfg.diffusion.offset_noise,
+    vlbWeight: cfg.diffusion.learn_sigma ? cfg.diffusion.vlb_weight : null,
   });
   const layout = fusedLayout(state.params, B);
   const fused = packFused(layout, res.grads, res.losses, shard.from);

@@ -10,7 +10,8 @@ import { sortedNames, type Params } from './params.js';
 import type { Schedule } from './diffusion/schedule.js';
 import { drawTimesteps } from './diffusion/timesteps.js';
 import { noiseFor } from './rng.js';
-import { targetFor, type Prediction } from './diffusion/prediction.js';
+import { denoised, targetFor, type Prediction } from './diffusion/prediction.js';
+import { hybridLoss } from './diffusion/vlb.js';
 import { perExampleMse } from './diffusion/loss.js';
 import { qSample } from './diffusion/process.js';
 import { Purpose, stream } from './rng.js';
@@ -43,6 +44,8 @@ export interface StepContext {
   lossWeights?: Float64Array | null;
   /** Scale of the per-example, per-channel noise offset (0 or absent = off). */
   offsetNoise?: number;
+  /** λ of L_hybrid when the model learns its variance (its output has doubled channels); absent = no. */
+  vlbWeight?: number | null;
 }
 
 export interface ShardResult {
@@ -146,7 +149,20 @@ export function shardGradients(model: Denoiser, params: Params, shard: Shard, ct
       let mse: tf.Tensor1D | null = null;
       const f = (...ps: tf.Tensor[]): tf.Scalar => {
         const p: Params = new Map(names.map((name, i) => [name, ps[i] as tf.Tensor]));
-        const m = perExampleMse(target, model.apply(p, xt, tT, y));
+        const out = model.apply(p, xt, tT, y);
+        const m =
+          ctx.vlbWeight !== undefined && ctx.vlbWeight !== null
+            ? hybridLoss(
+                ctx.schedule,
+                out,
+                target,
+                x0,
+                xt,
+                tSlice,
+                (frozen) => denoised(pred, ctx.schedule, xt, tSlice, frozen).x0,
+                ctx.vlbWeight,
+              )
+            : perExampleMse(target, out);
         mse = tf.keep(lam ? (tf.mul(m, tf.tensor1d(lam, 'float32')) as tf.Tensor1D) : m);
         return tf.div(tf.sum(tf.mul(w, m)), ctx.globalBatch) as tf.Scalar;
       };

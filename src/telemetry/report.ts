@@ -12,7 +12,7 @@ import { requireResolved, type ResolvedConfig } from '../config/resolve.js';
 import type { Config } from '../config/schema.js';
 import { encodeGrid, encodeScatter } from '../data/image.js';
 import { CHECKPOINT_FILES, listCheckpoints, loadCheckpoint } from '../model/checkpoint.js';
-import { createDenoiser } from '../model/nets/factory.js';
+import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { drawSamples } from '../model/sampling/sample.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
@@ -125,7 +125,7 @@ function smooth(points: Array<[number, number]>, w = 0.9): Array<[number, number
 async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer> {
   const ckpt = await loadCheckpoint(dir);
   const shape = ckpt.state.data_shape as number[];
-  const model = createDenoiser(cfg.model, shape);
+  const model = jobDenoiser(cfg, shape);
   const ema = paramsFromHost(ckpt.ema);
   try {
     const K = model.numClasses;
@@ -140,6 +140,7 @@ async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer>
       seed: cfg.run.seed,
       sigma: cfg.diffusion.sigma,
       prediction: cfg.diffusion.prediction,
+      learnSigma: cfg.diffusion.learn_sigma,
       clip: shape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: 256,
     });

@@ -59,6 +59,8 @@ function alphaBarToBetas(alphaBar: (t: number) => number, T: number): Float64Arr
 export interface Schedule {
   readonly T: number;
   readonly betas: Float64Array;
+  /** log β_t (the upper end of a learned variance). */
+  readonly logBetas: Float64Array;
   readonly alphas: Float64Array;
   readonly alphasCumprod: Float64Array;
   /** ᾱ_{t−1}, with ᾱ_{−1} = 1. */
@@ -121,6 +123,7 @@ export function makeSchedule(betas: Float64Array): Schedule {
   const s: Schedule = {
     T,
     betas,
+    logBetas: betas.map(Math.log),
     alphas,
     alphasCumprod: ac,
     alphasCumprodPrev: acPrev,

@@ -16,7 +16,8 @@ export interface Denoiser {
   /**
    * ε prediction. x: [B, ...dataShape]; t: [B] float32 timesteps in 0…T−1;
    * y: [B] int32 labels in 0…numClasses (null class = numClasses), or null when unconditional.
-   * Returns [B, ...dataShape].
+   * Returns [B, ...dataShape], with the last axis doubled for a learned variance (the prediction's
+   * channels first, then the variance interpolation v̂ ∈ [−1, 1]).
    */
   apply(params: Params, x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D | null): tf.Tensor;
 }

@@ -10,7 +10,12 @@ import { UNet } from './unet.js';
 // `model.kind` and each kind's parameter names are stored in checkpoints: once committed, a kind
 // never changes its layers or names; a changed architecture gets a new kind (docs/design.md §8).
 /** The denoiser of `model.kind` for examples of shape `dataShape` ([H, W, C] for unet, [D] for mlp). */
-export function createDenoiser(model: ResolvedModelConfig, dataShape: readonly number[]): Denoiser {
+export function createDenoiser(
+  model: ResolvedModelConfig,
+  dataShape: readonly number[],
+  /** Outputs per channel: 2 for a learned variance (diffusion.learn_sigma). */
+  outputs = 1,
+): Denoiser {
   validateModel(model, dataShape);
   if (model.kind === 'mlp') {
     return new MLPDenoiser({
@@ -19,6 +24,7 @@ export function createDenoiser(model: ResolvedModelConfig, dataShape: readonly n
       layers: model.layers,
       timeEmbedDim: model.time_embed_dim,
       numClasses: model.num_classes,
+      outputs,
     });
   }
   const [h, w, c] = dataShape as [number, number, number];
@@ -31,7 +37,16 @@ export function createDenoiser(model: ResolvedModelConfig, dataShape: readonly n
     groups: model.groups,
     timeEmbedDim: model.time_embed_dim,
     numClasses: model.num_classes,
+    outputs,
   });
+}
+
+/** The denoiser of a job: its `model` section, with doubled outputs when it learns its variance. */
+export function jobDenoiser(
+  cfg: { model: ResolvedModelConfig; diffusion: { learn_sigma: boolean } },
+  dataShape: readonly number[],
+): Denoiser {
+  return createDenoiser(cfg.model, dataShape, cfg.diffusion.learn_sigma ? 2 : 1);
 }
 
 /** Throws a one-line error naming the config key if `model` cannot denoise examples of `dataShape`. */

@@ -35,6 +35,8 @@ export interface MLPOptions {
   timeEmbedDim: number;
   /** 0 = unconditional. */
   numClasses: number;
+  /** Outputs per input dimension: 1, or 2 with a learned variance (prediction, then v). */
+  outputs?: number;
 }
 
 /** A residual MLP ε-predictor over vectors [B, dim]. */
@@ -62,7 +64,7 @@ export class MLPDenoiser implements Denoiser {
         ...linearSpecs(`blocks.${l}.lin`, hidden, hidden),
       );
     }
-    specs.push(...linearSpecs('out', hidden, dim, 'zero'));
+    specs.push(...linearSpecs('out', hidden, dim * (opts.outputs ?? 1), 'zero'));
     this.specs = specs;
   }
 

@@ -58,6 +58,8 @@ export interface UNetOptions {
   timeEmbedDim: number;
   /** 0 = unconditional. */
   numClasses: number;
+  /** Output channels per input channel: 1, or 2 with a learned variance (prediction, then v). */
+  outputs?: number;
 }
 
 /** An ε-prediction U-Net over NHWC images. */
@@ -121,7 +123,10 @@ export class UNet implements Denoiser {
         if (this.attention[i]) specs.push(...attentionSpecs(`up.${i}.attn.${j}`, ch(i)));
       }
     }
-    specs.push(...groupNormSpecs('out.norm', ch(0)), ...conv2dSpecs('out.conv', 3, ch(0), inC, 'zero'));
+    specs.push(
+      ...groupNormSpecs('out.norm', ch(0)),
+      ...conv2dSpecs('out.conv', 3, ch(0), inC * (this.opts.outputs ?? 1), 'zero'),
+    );
     return specs;
   }
 

@@ -21,12 +21,15 @@ export function ddpmSample(
   for (let t = s.T - 1; t >= 0; t--) {
     const next = tf.tidy(() => {
       const ts = new Array<number>(B).fill(t);
-      let x0 = denoise(x, t).x0;
-      if (opts.clip) x0 = tf.clipByValue(x0, -1, 1);
+      const d = denoise(x, t);
+      const x0 = opts.clip ? tf.clipByValue(d.x0, -1, 1) : d.x0;
       const { mean } = qPosterior(s, x0, x, ts);
       if (t === 0) return mean;
-      const variance = opts.sigma === 'beta' ? (s.betas[t] as number) : (s.posteriorVariance[t] as number);
-      return tf.add(mean, tf.mul(Math.sqrt(variance), stepNoise(x, s.T - 1 - t, opts)));
+      // A learned variance (Nichol & Dhariwal 2021) replaces the fixed choice of σ².
+      const sd = d.logVar
+        ? tf.exp(tf.mul(0.5, d.logVar))
+        : Math.sqrt(opts.sigma === 'beta' ? (s.betas[t] as number) : (s.posteriorVariance[t] as number));
+      return tf.add(mean, tf.mul(sd, stepNoise(x, s.T - 1 - t, opts)));
     });
     x.dispose();
     x = next;

@@ -6,16 +6,27 @@
 import * as tf from '@tensorflow/tfjs';
 import { denoised, type Prediction } from '../diffusion/prediction.js';
 import type { Schedule } from '../diffusion/schedule.js';
+import { modelLogVariance } from '../diffusion/vlb.js';
 
 /** The network's output at x for a batch where every example is at timestep t: [B, …]. */
 export type ModelFn = (x: tf.Tensor, t: number) => tf.Tensor;
 
-/** ε̂ and x̂₀ at x for a batch where every example is at timestep t: each [B, …]. */
-export type DenoiseFn = (x: tf.Tensor, t: number) => { eps: tf.Tensor; x0: tf.Tensor };
+/**
+ * ε̂ and x̂₀ at x for a batch where every example is at timestep t, each [B, …]; with a learned
+ * variance also the model's log σ² of p(x_{t−1} | x_t).
+ */
+export type DenoiseFn = (x: tf.Tensor, t: number) => { eps: tf.Tensor; x0: tf.Tensor; logVar?: tf.Tensor };
 
-/** The (ε̂, x̂₀) of a network that predicts `pred`. */
-export function denoiserFor(pred: Prediction, s: Schedule, f: ModelFn): DenoiseFn {
-  return (x, t) => tf.tidy(() => denoised(pred, s, x, new Array<number>(x.shape[0] ?? 0).fill(t), f(x, t)));
+/** The (ε̂, x̂₀[, log σ²]) of a network that predicts `pred` (and its variance, with `learnSigma`). */
+export function denoiserFor(pred: Prediction, s: Schedule, f: ModelFn, learnSigma = false): DenoiseFn {
+  return (x, t) =>
+    tf.tidy(() => {
+      const ts = new Array<number>(x.shape[0] ?? 0).fill(t);
+      const out = f(x, t);
+      if (!learnSigma) return denoised(pred, s, x, ts, out);
+      const [o, v] = tf.split(out, 2, out.rank - 1) as [tf.Tensor, tf.Tensor];
+      return { ...denoised(pred, s, x, ts, o), logVar: modelLogVariance(s, ts, v) };
+    });
 }
 
 /**
@@ -29,6 +40,8 @@ export function guidedOutput(
   labels: Int32Array,
   nullClass: number,
   w: number,
+  /** The output ends with a learned variance's channels: guide the prediction only, keep v̂ of the conditional half. */
+  learnSigma = false,
 ): ModelFn {
   return (x, t) =>
     tf.tidy(() => {
@@ -39,6 +52,10 @@ export function guidedOutput(
       y.fill(nullClass, B);
       const both = cond(tf.concat([x, x], 0), t, tf.tensor1d(y, 'int32'));
       const [c, u] = tf.split(both, 2, 0) as [tf.Tensor, tf.Tensor];
-      return tf.sub(tf.mul(1 + w, c), tf.mul(w, u));
+      if (!learnSigma) return tf.sub(tf.mul(1 + w, c), tf.mul(w, u));
+      const last = c.rank - 1;
+      const [cm, cv] = tf.split(c, 2, last) as [tf.Tensor, tf.Tensor];
+      const um = (tf.split(u, 2, last) as [tf.Tensor, tf.Tensor])[0];
+      return tf.concat([tf.sub(tf.mul(1 + w, cm), tf.mul(w, um)), cv], last);
     });
 }

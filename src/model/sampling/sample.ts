@@ -26,6 +26,8 @@ export interface SampleRequest {
   sigma: 'beta' | 'posterior';
   /** What the network predicts (the job's diffusion.prediction). */
   prediction: Prediction;
+  /** The network also outputs its variance (diffusion.learn_sigma). */
+  learnSigma?: boolean;
   clip: boolean;
   /** Examples per model call. */
   chunk: number;
@@ -61,9 +63,10 @@ export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: S
         labels,
         K,
         req.guidance,
+        req.learnSigma ?? false,
       );
     }
-    const denoise = denoiserFor(req.prediction, s, f);
+    const denoise = denoiserFor(req.prediction, s, f, req.learnSigma ?? false);
     const common = {
       seed: req.seed,
       indexOffset: start,
