@@ -191,6 +191,19 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
+    .command('model')
+    .description(
+      "the job's model for its dataset's data shape, not trained: trainable params, fixed tensors, per-module counts",
+    )
+    .option('-c, --config <file>', 'job config (YAML)')
+    .option('--set <key=value>', 'override a config key (repeatable)', collect, [])
+    .option('--json', 'print one JSON object')
+    .action(async (o) => {
+      const { describeModel } = await import('./model.js');
+      describeModel(o);
+    });
+
+  program
     .command('config')
     .description('print the resolved job config')
     .option('--print', 'print the resolved config as YAML (the default action)')

@@ -4,7 +4,7 @@
  * every process of a job sees numbers, never `auto`.
  */
 import { ConfigError } from './load.js';
-import type { Config, ModelConfig } from './schema.js';
+import { DIT_PRESETS, type Config, type DitConfig, type DitPresetName, type ModelConfig } from './schema.js';
 
 /** The model section with every data-dependent value decided. */
 export type ResolvedModelConfig = Omit<ModelConfig, 'num_classes'> & { num_classes: number };
@@ -23,6 +23,9 @@ export interface DatasetFacts {
  * classes than the data has labels, is a one-line error naming the key.
  */
 export function resolveForDataset(cfg: Config, ds: DatasetFacts): ResolvedConfig {
+  // A DiT's shape is written out in full, so checkpoints and workers see numbers, not a preset alone.
+  if (cfg.model.kind === 'dit')
+    cfg = { ...cfg, model: { ...cfg.model, dit: { ...resolveDit(cfg.model.dit) } } };
   const want = cfg.model.num_classes;
   const spec = cfg.data.dataset;
   if (want === 'auto') return { ...cfg, model: { ...cfg.model, num_classes: ds.numClasses } };
@@ -47,4 +50,48 @@ export function requireResolved(cfg: Config, source: string): ResolvedConfig {
       `${source}: model.num_classes is auto; expected the number the job was resolved to`,
     );
   return cfg as ResolvedConfig;
+}
+
+/** `model.dit` with every shape key decided. */
+export interface ResolvedDitConfig {
+  readonly preset: DitPresetName | null;
+  readonly depth: number;
+  readonly hidden: number;
+  readonly heads: number;
+  readonly patch: number;
+  readonly mlp_ratio: number;
+}
+
+/**
+ * `model.dit` with the preset's values in the keys left unset (keys the user set win), checked:
+ * every shape key decided, heads dividing hidden, hidden a multiple of 4 (the 2-D sin-cos position
+ * embedding splits it in four). Errors are one line naming the key. Idempotent.
+ */
+export function resolveDit(dit: DitConfig): ResolvedDitConfig {
+  const preset = dit.preset === null ? null : DIT_PRESETS[dit.preset];
+  const pick = (key: 'depth' | 'hidden' | 'heads' | 'patch'): number => {
+    const v = dit[key] ?? preset?.[key];
+    if (v === undefined)
+      throw new ConfigError(
+        `model.dit.${key}: not set; give model.dit.preset (S/2, S/4, S/8, B/2 … XL/8) or depth, hidden, heads and patch`,
+      );
+    return v;
+  };
+  const r = {
+    preset: dit.preset,
+    depth: pick('depth'),
+    hidden: pick('hidden'),
+    heads: pick('heads'),
+    patch: pick('patch'),
+    mlp_ratio: dit.mlp_ratio,
+  };
+  if (r.hidden % r.heads !== 0)
+    throw new ConfigError(`model.dit.heads: ${r.heads} does not divide model.dit.hidden ${r.hidden}`);
+  if (r.hidden % 4 !== 0)
+    throw new ConfigError(
+      `model.dit.hidden: ${r.hidden} is not a multiple of 4 (the 2-D sin-cos position embedding needs it)`,
+    );
+  if (Math.floor(r.hidden * r.mlp_ratio) < 1)
+    throw new ConfigError(`model.dit.mlp_ratio: ${r.mlp_ratio} × hidden ${r.hidden} leaves no MLP width`);
+  return r;
 }

@@ -37,9 +37,63 @@ export const DataSchema = z
   })
   .prefault({});
 
+/**
+ * The named DiT configurations of Peebles & Xie 2023 (their models.py `DiT_models`): depth, hidden
+ * width and heads of S/B/L/XL, each with patch 2, 4 or 8. Names are stored in checkpoints and never
+ * change meaning (docs/design.md §8).
+ */
+export const DIT_PRESETS = {
+  'S/2': { depth: 12, hidden: 384, heads: 6, patch: 2 },
+  'S/4': { depth: 12, hidden: 384, heads: 6, patch: 4 },
+  'S/8': { depth: 12, hidden: 384, heads: 6, patch: 8 },
+  'B/2': { depth: 12, hidden: 768, heads: 12, patch: 2 },
+  'B/4': { depth: 12, hidden: 768, heads: 12, patch: 4 },
+  'B/8': { depth: 12, hidden: 768, heads: 12, patch: 8 },
+  'L/2': { depth: 24, hidden: 1024, heads: 16, patch: 2 },
+  'L/4': { depth: 24, hidden: 1024, heads: 16, patch: 4 },
+  'L/8': { depth: 24, hidden: 1024, heads: 16, patch: 8 },
+  'XL/2': { depth: 28, hidden: 1152, heads: 16, patch: 2 },
+  'XL/4': { depth: 28, hidden: 1152, heads: 16, patch: 4 },
+  'XL/8': { depth: 28, hidden: 1152, heads: 16, patch: 8 },
+} as const;
+export type DitPresetName = keyof typeof DIT_PRESETS;
+const ditPresetNames = Object.keys(DIT_PRESETS) as [DitPresetName, ...DitPresetName[]];
+
+// Shape keys default to null (unset) so that a preset can tell what the user gave: a preset fills
+// only the unset ones (`src/config/resolve.ts`).
+export const DitSchema = z
+  .strictObject({
+    preset: z
+      .enum(ditPresetNames)
+      .nullable()
+      .default(null)
+      .describe(
+        'Named DiT of Peebles & Xie 2023 (S/2, S/4, S/8, B/2 … XL/8): fills depth, hidden, heads and patch where unset.',
+      ),
+    depth: int(1).nullable().default(null).describe('DiT blocks (null: from the preset).'),
+    hidden: int(1)
+      .nullable()
+      .default(null)
+      .describe('DiT token width, a multiple of 4 and of heads (null: from the preset).'),
+    heads: int(1).nullable().default(null).describe('Attention heads per DiT block (null: from the preset).'),
+    patch: int(1)
+      .nullable()
+      .default(null)
+      .describe('DiT patch side in pixels; must divide the image sides (null: from the preset).'),
+    mlp_ratio: z
+      .number()
+      .positive()
+      .default(4)
+      .describe('Width of the DiT MLP as a multiple of hidden (4, as every DiT preset).'),
+  })
+  .prefault({});
+
 export const ModelSchema = z
   .strictObject({
-    kind: z.enum(['unet', 'mlp']).default('unet').describe('Denoiser: unet for images, mlp for 2-D data.'),
+    kind: z
+      .enum(['unet', 'mlp', 'dit'])
+      .default('unet')
+      .describe('Denoiser: unet for images, dit (diffusion transformer) for images, mlp for 2-D data.'),
     channels: z.array(int(1)).min(1).default([16, 32, 64]).describe('U-Net channels per resolution level.'),
     res_blocks: int(1).default(1).describe('Residual blocks per U-Net level.'),
     attention_resolutions: z
@@ -65,6 +119,7 @@ export const ModelSchema = z
       .describe(
         'Probability of replacing the label by the null class in training (0.1, as in Ho & Salimans 2022).',
       ),
+    dit: DitSchema.describe('Shape of the DiT (model.kind: dit).'),
   })
   .prefault({});
 
@@ -300,5 +355,6 @@ export const ConfigSchema = z.strictObject({
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type ModelConfig = Config['model'];
+export type DitConfig = ModelConfig['dit'];
 export type DiffusionConfig = Config['diffusion'];
 export type TrainConfig = Config['train'];

@@ -2,9 +2,11 @@
  * From the `model` section of the config and the dataset's example shape to a Denoiser.
  * Every inconsistency is caught here, before any tensor exists, as one line naming the config key.
  */
-import type { ResolvedModelConfig } from '../../config/resolve.js';
+import { resolveDit, type ResolvedModelConfig } from '../../config/resolve.js';
 import { MLPDenoiser } from './mlp.js';
 import type { Denoiser } from './denoiser.js';
+import { DiT, type FixedTensor } from './dit.js';
+import { countSpecs, type ParamSpec } from './layers.js';
 import { UNet } from './unet.js';
 
 // `model.kind` and each kind's parameter names are stored in checkpoints: once committed, a kind
@@ -28,6 +30,19 @@ export function createDenoiser(
     });
   }
   const [h, w, c] = dataShape as [number, number, number];
+  if (model.kind === 'dit') {
+    const dit = resolveDit(model.dit);
+    return new DiT({
+      dataShape: [h, w, c],
+      depth: dit.depth,
+      hidden: dit.hidden,
+      heads: dit.heads,
+      patch: dit.patch,
+      mlpRatio: dit.mlp_ratio,
+      numClasses: model.num_classes,
+      learnSigma: outputs === 2,
+    });
+  }
   return new UNet({
     dataShape: [h, w, c],
     channels: model.channels,
@@ -60,8 +75,18 @@ export function validateModel(model: ResolvedModelConfig, dataShape: readonly nu
     return;
   }
   if (dataShape.length !== 3)
-    throw new Error(`model.kind: unet needs image examples [H, W, C], got ${shape} (use mlp for vectors)`);
+    throw new Error(
+      `model.kind: ${model.kind} needs image examples [H, W, C], got ${shape} (use mlp for vectors)`,
+    );
   const [h, w] = dataShape as [number, number, number];
+  if (model.kind === 'dit') {
+    const { patch } = resolveDit(model.dit);
+    if (h % patch !== 0 || w % patch !== 0)
+      throw new Error(
+        `model.dit.patch: ${patch} does not divide the image sides ${h}×${w} (data.image_size)`,
+      );
+    return;
+  }
   const levels = model.channels.length;
   const f = 2 ** (levels - 1);
   if (h % f !== 0 || w % f !== 0)
@@ -83,4 +108,44 @@ export function validateModel(model: ResolvedModelConfig, dataShape: readonly nu
         `model.attention_heads: ${model.attention_heads} does not divide channels ${c} (resolution ${r})`,
       );
   }
+}
+
+/** Parameter count of one module (the first component of its tensors' names: `blocks`, `down`). */
+export interface ModuleCount {
+  readonly module: string;
+  readonly params: number;
+}
+
+/** What `ringdiff model` reports of a denoiser. */
+export interface ModelSummary {
+  /** Trainable scalars: what the gradient buffer, the optimizer and checkpoints hold. */
+  readonly params: number;
+  /** Scalars the model computes rather than learns (DiT's position embedding). */
+  readonly fixed: number;
+  /** Trainable scalars per module, in declaration order. */
+  readonly modules: readonly ModuleCount[];
+  readonly fixedTensors: readonly FixedTensor[];
+}
+
+/** The parameter declarations of a denoiser built by `createDenoiser`. */
+export function paramSpecs(d: Denoiser): readonly ParamSpec[] {
+  if (d instanceof UNet || d instanceof MLPDenoiser || d instanceof DiT) return d.specs;
+  throw new Error('paramSpecs: not a denoiser of createDenoiser');
+}
+
+/** Counts of `d` from its declarations alone (no tensor is created). */
+export function summarizeModel(d: Denoiser): ModelSummary {
+  const specs = paramSpecs(d);
+  const modules = new Map<string, number>();
+  for (const s of specs) {
+    const m = s.name.split('.')[0] as string;
+    modules.set(m, (modules.get(m) ?? 0) + countSpecs([s]));
+  }
+  const fixedTensors = d instanceof DiT ? d.fixed : [];
+  return {
+    params: countSpecs(specs),
+    fixed: fixedTensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0),
+    modules: [...modules].map(([module, params]) => ({ module, params })),
+    fixedTensors,
+  };
 }

@@ -327,6 +327,47 @@ const siluOp = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
 });
 
 /**
+ * LayerNorm over the last axis without affine parameters (nn.LayerNorm(elementwise_affine=False)):
+ * (x − μ)/√(σ² + eps), σ² the biased variance; same shape as x.
+ */
+export function layerNormNoAffine<T extends tf.Tensor>(x: T, eps: number): T {
+  const { mean, variance } = tf.moments(x, -1, true);
+  return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))) as T;
+}
+
+const GELU_K = Math.sqrt(2 / Math.PI);
+const GELU_A = 0.044715;
+
+/**
+ * GELU, tanh approximation (PyTorch's GELU(approximate="tanh")), elementwise; same shape as x:
+ * y = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³). Explicit gradient from the saved x and tanh u,
+ * dy/dx = ½(1 + th) + ½x(1 − th²)·√(2/π)(1 + 3·0.044715x²): autodiff of the composition keeps
+ * about twice as many full-size intermediates.
+ */
+export function geluTanh<T extends tf.Tensor>(x: T): T {
+  return geluTanhOp(x) as T;
+}
+
+const geluTanhOp = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+  const u = tf.mul(tf.add(x, tf.mul(GELU_A, tf.pow(x, 3))), GELU_K);
+  const th = tf.tanh(u);
+  save([x, th]);
+  return {
+    value: tf.mul(tf.mul(0.5, x), tf.add(1, th)),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sx, sth] = saved as [tf.Tensor, tf.Tensor];
+      const du = tf.mul(GELU_K, tf.add(1, tf.mul(3 * GELU_A, tf.square(sx))));
+      const d = tf.add(
+        tf.mul(0.5, tf.add(1, sth)),
+        tf.mul(tf.mul(0.5, sx), tf.mul(tf.sub(1, tf.square(sth)), du)),
+      );
+      return tf.mul(dy, d);
+    },
+  };
+});
+
+/**
  * Width of the sinusoidal features feeding a time-embedding MLP of width `tdim`: tdim/4 rounded
  * down to even (32 for 128, as in the reference), at least 2.
  */
