@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ringdiff } from '../src/proto-gen/coordinator.js';
 import { CoordinatorServer } from '../src/coordinator/server.js';
+import { GenerationLedger } from '../src/coordinator/generation-ledger.js';
 import { CoordinatorClient } from '../src/worker/client.js';
 import {
   LocalCluster,
@@ -308,6 +309,27 @@ describe('coordinator RPCs with the token, from a buggy or compromised worker', 
     } finally {
       await c.close();
     }
+  });
+
+  test('item 4: the coordinator’s generation counter outlives it in the run directory', () => {
+    const dir = fs.mkdtempSync(path.join(root, 'ledger-'));
+    const first = GenerationLedger.open(dir);
+    assert.equal(first.ceiling, null, 'a new run directory has none');
+    first.reserve(1);
+    const ceiling = first.ceiling ?? 0;
+    assert.ok(ceiling >= 1, 'reserved before generation 1 is published');
+    for (let g = 2; g <= ceiling; g++) first.reserve(g);
+    assert.equal(first.ceiling, ceiling, 'written once per reservation, not per generation');
+    first.reserve(ceiling + 1);
+    assert.ok((first.ceiling ?? 0) > ceiling);
+    // A restarted coordinator reads it back; a damaged file is ignored.
+    assert.equal(GenerationLedger.open(dir).ceiling, first.ceiling);
+    fs.writeFileSync(path.join(dir, 'generation'), 'garbage');
+    assert.equal(GenerationLedger.open(dir).ceiling, null);
+    // A run directory that cannot be written: the job goes on, the ceiling stays where it was.
+    const gone = GenerationLedger.open(path.join(dir, 'no-such-dir'));
+    gone.reserve(1);
+    assert.equal(gone.ceiling, null);
   });
 
   test('item 5: Heartbeat and Report outside their bounds, for others or from outside the ring are refused and feed nothing', async () => {
@@ -717,6 +739,10 @@ describe('a real coordinator process', { timeout: 240_000 }, () => {
       const coordLog = fs.readFileSync(coord.log, 'utf8');
       const generations = coordLog.split('\n').filter((l) => l.includes('"msg":"new generation"')).length;
       assert.equal(generations, 1, 'the ring was never re-formed');
+      assert.ok(
+        (GenerationLedger.open(path.join(root, 'probed')).ceiling ?? 0) >= 1,
+        'generation ceiling kept',
+      );
       const history = fs
         .readFileSync(path.join(root, 'probed', 'history.jsonl'), 'utf8')
         .split('\n')
