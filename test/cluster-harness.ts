@@ -46,9 +46,15 @@ export function spawnRingdiff(
 }
 
 /** Runs `ringdiff args…` to its end (asynchronously: the caller's event loop goes on); its exit code and output. */
-export function runRingdiffCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+export function runRingdiffCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));

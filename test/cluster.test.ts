@@ -9,9 +9,15 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorClient } from '../src/worker/client.js';
-import { BIN, LocalCluster, TOKEN, checkpointDiff, makeCertificates, runLaunch } from './cluster-harness.js';
+import {
+  LocalCluster,
+  TOKEN,
+  checkpointDiff,
+  makeCertificates,
+  runLaunch,
+  runRingdiffCli,
+} from './cluster-harness.js';
 import { missingCommand, skipUnless } from './requirements.js';
-import { spawnSync } from 'node:child_process';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ringdiff-cluster-'));
 // Kept when a test failed: every process's log is in there (<root>/<job>/logs/, <root>/<name>.log).
@@ -122,8 +128,9 @@ test('the coordinator killed and restarted on its run directory: workers rejoin,
 });
 
 test('elasticity: SIGKILL one of 3 workers, then a worker joins; the job ends as if undisturbed', async (t) => {
-  assert.equal(await runLaunch(root, 'calm', ['--workers', '3', '--config', config('calm', 300)]), 0);
-  const c = new LocalCluster(root, toy('rough', 300), ['cluster.min_workers=3']);
+  // 400 steps: a joiner's start-up (seconds, on 2 busy cores) and the checks below must fit in the job.
+  assert.equal(await runLaunch(root, 'calm', ['--workers', '3', '--config', config('calm', 400)]), 0);
+  const c = new LocalCluster(root, toy('rough', 400), ['cluster.min_workers=3']);
   try {
     const coord = await c.startCoordinator();
     for (let i = 0; i < 3; i++) c.startWorker();
@@ -165,11 +172,12 @@ test('elasticity: SIGKILL one of 3 workers, then a worker joins; the job ends as
     );
     t.diagnostic(`joiner in at generation ${joined.generation}, step ${joined.step}`);
     await c.waitFor((s) => Number(s.step) > Number(joined.step) + 20, 'steps with the joiner');
-    const st = spawnSync(process.execPath, [BIN, 'status', '--coordinator', c.address, '--json'], {
-      encoding: 'utf8',
+    // (Not spawnSync: it would stop the harness's own event loop for the CLI's start-up.)
+    const st = await runRingdiffCli(['status', '--coordinator', c.address, '--json'], {
+      RINGDIFF_TOKEN: TOKEN,
     });
-    assert.equal(st.status, 0, st.stderr);
-    const status = JSON.parse(st.stdout) as {
+    assert.equal(st.code, 0, st.err);
+    const status = JSON.parse(st.out) as {
       state: string;
       workers: { rank: number; samples_per_s: number }[];
     };
@@ -206,7 +214,7 @@ test('elasticity: SIGKILL one of 3 workers, then a worker joins; the job ends as
   } finally {
     await c.stop();
   }
-  const d = await checkpointDiff(ckpt('calm', 300), ckpt('rough', 300));
+  const d = await checkpointDiff(ckpt('calm', 400), ckpt('rough', 400));
   t.diagnostic(
     `undisturbed vs kill+join: max |Δ| model ${d.model.toExponential(2)}, EMA ${d.ema.toExponential(2)}`,
   );
@@ -289,7 +297,7 @@ test(
       await cluster.waitFor((s) => s.generation >= 1, 'generation 1');
       // Plaintext, and TLS without a client certificate, are refused.
       const status = (creds: grpc.ChannelCredentials) =>
-        new CoordinatorClient(cluster.address, '', creds, 2000).status();
+        new CoordinatorClient(cluster.address, TOKEN, creds, 2000).status();
       await assert.rejects(status(grpc.credentials.createInsecure()));
       await assert.rejects(status(grpc.credentials.createSsl(readFileSync(c.ca))));
       assert.equal(await coord.exit, 0);

@@ -113,9 +113,10 @@ test('rendezvous → generation 1 for three workers; a silent one is declared de
     const rb = await b.register(reg('h2', 5002));
     const rc = await c.register(reg('h1', 5003));
     // a and c heartbeat from the start; b never does and is declared dead after the timeout.
+    // (Generation 0: a heartbeat may not name a generation the coordinator has not numbered yet.)
     hb = setInterval(() => {
-      void a.heartbeat({ workerId: ra.workerId, generation: 1 }).catch(() => {});
-      void c.heartbeat({ workerId: rc.workerId, generation: 1 }).catch(() => {});
+      void a.heartbeat({ workerId: ra.workerId, generation: 0 }).catch(() => {});
+      void c.heartbeat({ workerId: rc.workerId, generation: 0 }).catch(() => {});
     }, 100);
     assert.equal(ra.jobId, 'job-1');
     assert.match(ra.configYaml, /steps: 10/);

@@ -326,7 +326,7 @@ function parseFrames(b: Buffer): Array<{ type: number; flags: number; stream: nu
 function sampleCalls(): Call[] {
   const id = 'no-such-worker';
   return [
-    { method: 'Status', body: pb.StatusRequest.encode({}).finish(), token: '' },
+    { method: 'Status', body: pb.StatusRequest.encode({}).finish(), token: TOKEN },
     {
       method: 'Heartbeat',
       body: pb.HeartbeatRequest.encode({ workerId: id, generation: 3, step: 7 }).finish(),

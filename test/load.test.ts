@@ -177,7 +177,7 @@ test(
       // Status every 3 s while it runs: how many workers it lists, and the oldest heartbeat.
       const seen = { checks: 0, fewest: WORKERS, oldest: 0, failed: 0 };
       const statusMs: number[] = [];
-      const admin = new CoordinatorClient(cluster.address, '', undefined, 10_000);
+      const admin = new CoordinatorClient(cluster.address, TOKEN, undefined, 10_000);
       const statusChecks = (async () => {
         while (elapsed() < RUN_MS - 1000) {
           await sleepUntil((seen.checks + 1) * 3000);
@@ -231,7 +231,9 @@ test(
       loopDelay.disable();
 
       // The CLI's view and the coordinator's metrics, with every worker still connected.
-      const cli = await runRingdiffCli(['status', '--json', '--coordinator', cluster.address]);
+      const cli = await runRingdiffCli(['status', '--json', '--coordinator', cluster.address], {
+        RINGDIFF_TOKEN: TOKEN,
+      });
       await new Promise((r) => setTimeout(r, 1100)); // the liveness gauges refresh every second
       const metrics = await scrape(cluster.metricsAddress);
       const declaredDead = readFileSync(coord.log, 'utf8').split('declared dead').length - 1;

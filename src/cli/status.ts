@@ -1,5 +1,9 @@
 /** `ringdiff status`: what a running job's coordinator knows (workers, ranks, generation, step, throughput). */
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { UsageError } from './common.js';
 import { CoordinatorClient } from '../worker/client.js';
 import { clientCredentials } from '../config/credentials.js';
 
@@ -10,10 +14,24 @@ export interface StatusOptions {
   json?: boolean;
 }
 
+/**
+ * The token Status needs: RINGDIFF_TOKEN, else cluster.token, else the one `launch` wrote to
+ * `<out_dir>/token` for a job on this machine.
+ */
+function statusToken(cfg: Config): string {
+  const t = process.env.RINGDIFF_TOKEN || cfg.cluster.token;
+  if (t) return t;
+  const file = path.join(cfg.run.out_dir, 'token');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  throw new UsageError(
+    `no join token: set RINGDIFF_TOKEN or cluster.token (launch writes its job's to ${file})`,
+  );
+}
+
 /** Prints the coordinator's status (a table, or one JSON object). */
 export async function status(o: StatusOptions): Promise<void> {
   const cfg = loadConfig(o.config, o.set ?? []);
-  const client = new CoordinatorClient(o.coordinator, '', clientCredentials(cfg), 5000);
+  const client = new CoordinatorClient(o.coordinator, statusToken(cfg), clientCredentials(cfg), 5000);
   try {
     const s = await client.status().catch((e: Error) => {
       throw new Error(`coordinator ${o.coordinator}: ${e.message}`);

@@ -134,6 +134,11 @@ export class Membership {
     return this.gen.ring.some((m) => !this.members.has(m.id));
   }
 
+  /** The newest generation numbered or noted: the next one is numbered above it. */
+  get knownGeneration(): number {
+    return Math.max(this.gen.number, this.floor);
+  }
+
   /** Notes a generation a worker took part in (under an earlier coordinator): later ones are numbered above it. */
   noteGeneration(g: number): void {
     if (g > this.floor) this.floor = g;

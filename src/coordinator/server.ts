@@ -17,6 +17,21 @@ import { PUSH_REASONS, type CentralState, type PushReason } from './state.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../util/log.js';
 import { RpcError } from './rpc-error.js';
+import { WorkerCredentials } from './credentials.js';
+import { GuardedListener, PROBATION_MS } from './listener.js';
+import { GenerationLedger } from './generation-ledger.js';
+import {
+  FieldError,
+  checkFailure,
+  checkGenerationKnown,
+  checkHeartbeat,
+  checkInt,
+  checkRegister,
+  checkReport,
+  checkWorkerId,
+  checkLabel,
+  MAX_REASON_BYTES,
+} from './validate.js';
 
 import pb = ringdiff.v1;
 
@@ -41,6 +56,8 @@ export interface CoordinatorOptions {
   events?: CoordinatorEvents;
   /** HTTP/2 keepalive pings of the server, ms (default `KEEPALIVE_MS`; tests shorten it). */
   keepaliveMs?: { time: number; timeout: number };
+  /** Time a new connection has to carry a call with the token before it is closed (ms, default `PROBATION_MS`). */
+  probationMs?: number;
 }
 
 /**
@@ -76,8 +93,11 @@ export interface CoordinatorCounters {
   generations: number;
 }
 
-const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
-const ENDPOINT = /^(tcp:\/\/[^\s]+:\d+|ipc:\/\/[^\s]+)$/;
+/** A call as far as authentication needs it. */
+interface CallInfo {
+  metadata: grpc.Metadata;
+  getPeer(): string;
+}
 
 /** Checks `authorization: Bearer <token>` in constant time. */
 export function tokenMatches(metadata: grpc.Metadata, token: string): boolean {
@@ -93,6 +113,10 @@ export class CoordinatorServer {
   readonly membership: Membership;
   readonly counters: CoordinatorCounters = { rejected: new Map(), generations: 0 };
   private readonly server: grpc.Server;
+  private listener: GuardedListener | null = null;
+  private readonly credentials = new WorkerCredentials();
+  /** The job's persisted generation ceiling (none for a server without a job). */
+  private readonly ledger: GenerationLedger | null;
   private readonly streams = new Map<string, grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>>();
   private timer: NodeJS.Timeout | null = null;
   private finished = false;
@@ -122,13 +146,16 @@ export class CoordinatorServer {
       },
       () => randomUUID(),
     );
+    this.ledger = opts.job ? GenerationLedger.open(opts.job.cfg.run.out_dir, opts.log) : null;
+    // Generations are numbered above every one an earlier coordinator of the job may have published.
+    if (this.ledger?.ceiling) this.membership.noteGeneration(this.ledger.ceiling);
     this.server.addService(CoordinatorService, {
-      register: this.unary('Register', (r: pb.RegisterRequest) => this.register(r)),
-      heartbeat: this.unary('Heartbeat', (r: pb.HeartbeatRequest) => this.heartbeat(r)),
-      report: this.unary('Report', (r: pb.StepReport) => this.report(r)),
-      reportFailure: this.unary('ReportFailure', (r: pb.FailureReport) => this.failure(r)),
-      leave: this.unary('Leave', (r: pb.LeaveRequest) => this.leave(r)),
-      status: this.unary('Status', () => this.status(), false),
+      register: this.unary('Register', (r: pb.RegisterRequest, md) => this.register(r, md)),
+      heartbeat: this.unary('Heartbeat', (r: pb.HeartbeatRequest, md) => this.heartbeat(r, md)),
+      report: this.unary('Report', (r: pb.StepReport, md) => this.report(r, md)),
+      reportFailure: this.unary('ReportFailure', (r: pb.FailureReport, md) => this.failure(r, md)),
+      leave: this.unary('Leave', (r: pb.LeaveRequest, md) => this.leave(r, md)),
+      status: this.unary('Status', () => this.status()),
       plans: (call: grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>) => this.plans(call),
       pushState: (
         call: grpc.ServerReadableStream<pb.StateChunk, pb.IPushStateReply>,
@@ -136,15 +163,15 @@ export class CoordinatorServer {
       ) => this.pushState(call, cb),
       fetchState: (call: grpc.ServerWritableStream<pb.FetchStateRequest, pb.IStateChunk>) =>
         this.fetchState(call),
-      fetchShard: this.unary('FetchShard', (r: pb.ShardRequest) => this.fetchShard(r)),
+      fetchShard: this.unary('FetchShard', (r: pb.ShardRequest, md) => this.fetchShard(r, md)),
     });
   }
 
   /** Binds `host:port` (port 0 = any) and starts the liveness checks; resolves to the bound port. */
   async listen(address: string, credentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
-    const port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(address, credentials, (err, p) => (err ? reject(err) : resolve(p))),
-    );
+    const listener = new GuardedListener(this.server, credentials, this.opts.probationMs ?? PROBATION_MS);
+    const port = await listener.listen(address);
+    this.listener = listener;
     const every = Math.max(10, Math.floor(this.opts.heartbeatTimeoutMs / 4));
     this.timer = setInterval(() => this.tick(Date.now()), every);
     return port;
@@ -162,15 +189,18 @@ export class CoordinatorServer {
     this.rejectLog.clear();
     for (const s of this.streams.values()) s.end();
     this.streams.clear();
+    this.listener?.stopAccepting();
     // A graceful shutdown waits for every connection to close, which one left open by Node after a
     // peer's protocol error (see KEEPALIVE_MS) never does: the process would never exit.
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.server.forceShutdown();
+        this.listener?.destroyAll();
         resolve();
       }, graceMs);
       this.server.tryShutdown(() => {
         clearTimeout(t);
+        this.listener?.destroyAll();
         resolve();
       });
     });
@@ -200,18 +230,29 @@ export class CoordinatorServer {
     throw new RpcError(code, reason);
   }
 
-  private auth(method: string, metadata: grpc.Metadata): void {
-    if (!tokenMatches(metadata, this.opts.token)) {
-      this.reject(method, grpc.status.UNAUTHENTICATED, 'missing or wrong join token');
+  /** The join token, checked on every call; a connection that carried a valid one stays open. */
+  private auth(method: string, call: CallInfo): void {
+    const ok = tokenMatches(call.metadata, this.opts.token);
+    this.listener?.seen(call.getPeer(), ok);
+    if (!ok) this.reject(method, grpc.status.UNAUTHENTICATED, 'missing or wrong join token');
+  }
+
+  /** Runs field checks: a `FieldError` becomes INVALID_ARGUMENT (counted and logged). */
+  private check(method: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      if (e instanceof FieldError) this.reject(method, grpc.status.INVALID_ARGUMENT, e.message);
+      throw e;
     }
   }
 
   /** Wraps a handler: token check, typed errors → gRPC status. */
-  private unary<Req, Res>(method: string, fn: (req: Req) => Res, needsToken = true) {
+  private unary<Req, Res>(method: string, fn: (req: Req, md: grpc.Metadata) => Res) {
     return (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
       try {
-        if (needsToken) this.auth(method, call.metadata);
-        cb(null, fn(call.request));
+        this.auth(method, call);
+        cb(null, fn(call.request, call.metadata));
       } catch (e) {
         if (e instanceof RpcError) cb({ code: e.code, details: e.message });
         else cb({ code: grpc.status.INTERNAL, details: e instanceof Error ? e.message : String(e) });
@@ -219,32 +260,78 @@ export class CoordinatorServer {
     };
   }
 
-  private member(method: string, id: string, generation?: number): Member {
-    if (!id) this.reject(method, grpc.status.INVALID_ARGUMENT, 'worker_id: required');
+  /** The newest generation this coordinator numbered or may number next (see `GenerationLedger`). */
+  private get knownGeneration(): number {
+    return this.membership.knownGeneration;
+  }
+
+  /**
+   * The member a call acts for: the id must be a live member's and the call must carry that
+   * worker's secret. With `generation`, the call's generation must not be older than the current
+   * one (fencing) nor newer than any the coordinator knows of.
+   */
+  private member(method: string, id: string, md: grpc.Metadata, generation?: number): Member {
+    this.check(method, () => checkWorkerId(id));
     const m = this.membership.get(id);
     if (!m)
       this.reject(method, grpc.status.NOT_FOUND, `worker_id: ${id} is not a member (fenced or unknown)`);
-    if (generation !== undefined && generation < this.membership.generation.number) {
+    if (generation !== undefined) {
+      if (generation < this.membership.generation.number)
+        this.reject(
+          method,
+          grpc.status.FAILED_PRECONDITION,
+          `generation: ${generation} is older than the current ${this.membership.generation.number}`,
+        );
+      this.check(method, () => checkGenerationKnown(generation, this.knownGeneration));
+    }
+    const cred = this.credentials.check(id, md);
+    if (cred !== 'ok')
       this.reject(
         method,
-        grpc.status.FAILED_PRECONDITION,
-        `generation: ${generation} is older than the current ${this.membership.generation.number}`,
+        grpc.status.PERMISSION_DENIED,
+        `worker_id: ${cred === 'missing' ? 'no' : 'wrong'} worker secret for ${id}`,
       );
-    }
     return m;
   }
 
-  private register(r: pb.RegisterRequest): pb.IRegisterReply {
-    const bad = (field: string, why: string) =>
-      this.reject('Register', grpc.status.INVALID_ARGUMENT, `${field}: ${why}`);
-    if (!r.host) bad('host', 'required');
-    if (!ENDPOINT.test(r.ringEndpoint))
-      bad('ring_endpoint', `'${r.ringEndpoint}' is not tcp://host:port or ipc://path`);
-    if (this.opts.curve && !Z85_KEY.test(r.curvePublicKey))
-      bad('curve_public_key', 'a 40-character Z85 key is required');
-    // Generations are uint32 on the wire: leave room for a long job's worth after the one reported.
-    if (r.lastGeneration > 2 ** 31) bad('last_generation', `${r.lastGeneration} is too large`);
+  /** A member of the current ring, reporting for the current generation (Report, ReportFailure). */
+  private ringMember(method: string, id: string, md: grpc.Metadata, generation: number): Member {
+    const m = this.member(method, id, md, generation);
+    const g = this.membership.generation;
+    if (generation !== g.number)
+      this.reject(
+        method,
+        grpc.status.INVALID_ARGUMENT,
+        `generation: ${generation} is not the current ${g.number}`,
+      );
+    if (!g.ring.some((x) => x.id === id))
+      this.reject(
+        method,
+        grpc.status.FAILED_PRECONDITION,
+        `worker_id: ${id} has no rank in generation ${g.number}`,
+      );
+    return m;
+  }
+
+  private register(r: pb.RegisterRequest, md: grpc.Metadata): pb.IRegisterReply {
+    this.check('Register', () => {
+      checkRegister(r, { totalSteps: this.opts.totalSteps, curve: this.opts.curve });
+      if (r.lastGeneration > this.lastGenerationLimit())
+        throw new FieldError(`last_generation: ${r.lastGeneration} is too large`);
+    });
     if (this.finished) this.reject('Register', grpc.status.FAILED_PRECONDITION, 'the job has finished');
+    // A worker registering again (its plan stream broke) still holds its old registration's
+    // secret: that registration is over, and its ring endpoint is free again.
+    const previous = this.credentials.owner(md);
+    if (previous && this.membership.get(previous))
+      this.dropWorker(previous, 'left', 'worker registered again');
+    const clash = this.membership.alive().find((m) => m.ringEndpoint === r.ringEndpoint);
+    if (clash)
+      this.reject(
+        'Register',
+        grpc.status.ALREADY_EXISTS,
+        `ring_endpoint: ${r.ringEndpoint} is the endpoint of live worker ${clash.id}`,
+      );
     this.membership.noteGeneration(r.lastGeneration);
     let m: Member;
     try {
@@ -265,6 +352,8 @@ export class CoordinatorServer {
     } catch (e) {
       return this.reject('Register', grpc.status.RESOURCE_EXHAUSTED, (e as Error).message);
     }
+    this.credentials.prune((id) => this.membership.get(id) !== undefined);
+    const secret = this.credentials.issue(m.id);
     this.opts.log?.info({ worker: m.id, host: m.host, backend: m.backend }, 'worker registered');
     const ds = this.opts.job?.dataset;
     return {
@@ -274,28 +363,51 @@ export class CoordinatorServer {
       heartbeatIntervalMs: Math.max(10, Math.floor(this.opts.heartbeatTimeoutMs / 5)),
       dataShape: ds ? [...ds.shape] : [],
       datasetSize: ds?.size ?? 0,
+      workerSecret: secret,
     };
   }
 
-  private heartbeat(r: pb.HeartbeatRequest): pb.IHeartbeatReply {
-    const ok = this.membership.heartbeat(r.workerId, Date.now(), r.step);
-    return { member: ok, generation: this.membership.generation.number };
+  /**
+   * The newest generation a registering worker can have taken part in: the coordinator's own
+   * counter, which after a restart is the ceiling its predecessors left on disk. Only a run
+   * directory of an older version, with a checkpoint and no ceiling, makes it take its workers'
+   * word (bounded so that a uint32 has a long job's worth of generations left above it).
+   */
+  private lastGenerationLimit(): number {
+    if (this.membership.generation.number > 0) return this.knownGeneration;
+    const ceiling = this.ledger?.ceiling;
+    if (ceiling) return ceiling;
+    return (this.opts.job?.state.checkpointStep ?? -1) >= 0 ? 2 ** 31 : this.knownGeneration;
   }
 
-  private report(r: pb.StepReport): pb.IReportReply {
-    const m = this.member('Report', r.workerId, r.generation);
-    if (!Number.isSafeInteger(r.step) || r.step < 1 || r.step > this.opts.totalSteps)
-      this.reject(
-        'Report',
-        grpc.status.INVALID_ARGUMENT,
-        `step: ${r.step} is outside 1…${this.opts.totalSteps}`,
-      );
-    if (r.lossQuarters.length !== 0 && r.lossQuarters.length !== 4)
-      this.reject(
-        'Report',
-        grpc.status.INVALID_ARGUMENT,
-        `loss_quarters: expected 4 values, got ${r.lossQuarters.length}`,
-      );
+  /** Removes a member at once (its plan stream ends) and re-forms the ring without it. */
+  private dropWorker(id: string, reason: 'left' | 'ring-failure', why: string): void {
+    if (!this.membership.remove(id, reason)) return;
+    this.credentials.forget(id);
+    this.opts.log?.warn({ worker: id }, why);
+    this.opts.events?.onWorkerDeath?.(reason);
+    this.streams.get(id)?.end();
+    this.streams.delete(id);
+  }
+
+  private heartbeat(r: pb.HeartbeatRequest, md: grpc.Metadata): pb.IHeartbeatReply {
+    this.check('Heartbeat', () =>
+      checkHeartbeat(r, { totalSteps: this.opts.totalSteps, knownGeneration: this.knownGeneration }),
+    );
+    const generation = this.membership.generation.number;
+    // An id that is no (longer a) member is told so: that is how a fenced worker learns it must
+    // register again (its secret went with its membership).
+    if (!this.membership.get(r.workerId)) return { member: false, generation };
+    this.member('Heartbeat', r.workerId, md);
+    this.membership.heartbeat(r.workerId, Date.now(), r.step);
+    return { member: true, generation };
+  }
+
+  private report(r: pb.StepReport, md: grpc.Metadata): pb.IReportReply {
+    const m = this.ringMember('Report', r.workerId, md, r.generation);
+    this.check('Report', () =>
+      checkReport(r, { totalSteps: this.opts.totalSteps, globalBatch: this.opts.globalBatch }),
+    );
     const now = Date.now();
     this.membership.heartbeat(r.workerId, now, r.step);
     if (!this.lastReport || r.step >= this.lastReport.step) this.lastReport = r;
@@ -337,7 +449,7 @@ export class CoordinatorServer {
     let head: { workerId: string; generation: number; step: number; reason: PushReason } | null = null;
     let asm: ChunkAssembler | null = null;
     try {
-      this.auth('PushState', call.metadata);
+      this.auth('PushState', call);
       if (!job) this.reject('PushState', grpc.status.UNIMPLEMENTED, 'this coordinator keeps no state');
     } catch (e) {
       fail(e);
@@ -348,7 +460,7 @@ export class CoordinatorServer {
       if (failed) return;
       try {
         if (!head) {
-          this.member('PushState', c.workerId, c.generation);
+          this.member('PushState', c.workerId, call.metadata, c.generation);
           if (c.part !== pb.StatePart.SNAPSHOT)
             this.reject(
               'PushState',
@@ -426,8 +538,9 @@ export class CoordinatorServer {
 
   private fetchState(call: grpc.ServerWritableStream<pb.FetchStateRequest, pb.IStateChunk>): void {
     try {
-      this.auth('FetchState', call.metadata);
-      this.member('FetchState', call.request.workerId, call.request.generation);
+      this.auth('FetchState', call);
+      this.member('FetchState', call.request.workerId, call.metadata, call.request.generation);
+      this.check('FetchState', () => checkInt('parts', call.request.parts.length, 0, 8));
       const buf = this.opts.job?.state.checkpointBytes() ?? null;
       if (!buf) this.reject('FetchState', grpc.status.NOT_FOUND, 'the coordinator holds no checkpoint');
       const step = this.opts.job?.state.checkpointStep ?? -1;
@@ -442,13 +555,12 @@ export class CoordinatorServer {
       }
       call.end();
     } catch (e) {
-      const err = e instanceof RpcError ? e : new RpcError(grpc.status.INTERNAL, (e as Error).message);
-      call.destroy(Object.assign(new Error(err.message), { code: err.code }));
+      endWithError(call, e);
     }
   }
 
-  private fetchShard(r: pb.ShardRequest): pb.IShardReply {
-    this.member('FetchShard', r.workerId, r.generation);
+  private fetchShard(r: pb.ShardRequest, md: grpc.Metadata): pb.IShardReply {
+    this.member('FetchShard', r.workerId, md, r.generation);
     const job = this.opts.job;
     if (!job) return this.reject('FetchShard', grpc.status.UNIMPLEMENTED, 'this coordinator has no dataset');
     const B = this.opts.globalBatch;
@@ -529,8 +641,9 @@ export class CoordinatorServer {
    * stop. Otherwise the others hold the same state: the worker is released at once and the ring
    * re-formed without it.
    */
-  private leave(r: pb.LeaveRequest): pb.ILeaveReply {
-    const m = this.member('Leave', r.workerId);
+  private leave(r: pb.LeaveRequest, md: grpc.Metadata): pb.ILeaveReply {
+    const m = this.member('Leave', r.workerId, md);
+    this.check('Leave', () => checkLabel('reason', r.reason, MAX_REASON_BYTES));
     if (this.finished || this.stopping) return { jobStopping: true };
     const reason = r.reason.slice(0, 200);
     if (this.membership.alive().length - 1 < this.opts.minWorkers) {
@@ -550,9 +663,12 @@ export class CoordinatorServer {
     return { jobStopping: false };
   }
 
-  private failure(r: pb.FailureReport): pb.IFailureReply {
-    this.member('ReportFailure', r.workerId, r.generation);
+  private failure(r: pb.FailureReport, md: grpc.Metadata): pb.IFailureReply {
+    this.ringMember('ReportFailure', r.workerId, md, r.generation);
     const ring = this.membership.generation.ring;
+    this.check('ReportFailure', () =>
+      checkFailure(r, { totalSteps: this.opts.totalSteps, worldSize: ring.length }),
+    );
     const suspect = r.suspectRank >= 0 ? ring[r.suspectRank] : undefined;
     this.opts.log?.warn(
       { reporter: r.workerId, suspect: suspect?.id, reason: r.reason },
@@ -563,10 +679,11 @@ export class CoordinatorServer {
       const interval = Math.max(10, Math.floor(this.opts.heartbeatTimeoutMs / 5));
       if (suspect && now - suspect.lastHeartbeatMs > 2 * interval) {
         // The suspect is silent here too: it is dead or stuck, not just slow on the ring.
-        this.membership.remove(suspect.id, 'ring-failure');
-        this.opts.events?.onWorkerDeath?.('ring-failure');
-        this.streams.get(suspect.id)?.end();
-        this.streams.delete(suspect.id);
+        this.dropWorker(
+          suspect.id,
+          'ring-failure',
+          'worker removed (ring failure reported, heartbeats silent)',
+        );
       } else {
         // Everyone is alive as far as we can tell: re-form the ring (a transient network fault).
         this.membership.invalidate();
@@ -578,11 +695,12 @@ export class CoordinatorServer {
 
   private plans(call: grpc.ServerWritableStream<pb.PlansRequest, pb.IPlan>): void {
     try {
-      this.auth('Plans', call.metadata);
-      this.member('Plans', call.request.workerId);
+      this.auth('Plans', call);
+      // Only the worker itself (its secret) may take over its stream: anyone else is refused
+      // before the live stream is touched.
+      this.member('Plans', call.request.workerId, call.metadata);
     } catch (e) {
-      const err = e as RpcError;
-      call.destroy(Object.assign(new Error(err.message), { code: err.code }));
+      endWithError(call, e);
       return;
     }
     const id = call.request.workerId;
@@ -593,6 +711,7 @@ export class CoordinatorServer {
       this.streams.delete(id);
       // The worker's connection is gone (its process died, or it lost us): it is out of the ring.
       if (!this.finished && !this.stopping && this.membership.remove(id, 'left')) {
+        this.credentials.forget(id);
         this.opts.log?.warn({ worker: id }, 'worker left (plan stream closed)');
         this.opts.events?.onWorkerDeath?.('stream-closed');
         this.tick(Date.now());
@@ -637,6 +756,7 @@ export class CoordinatorServer {
   tick(nowMs: number): void {
     const dead = this.membership.expire(nowMs);
     for (const id of dead) {
+      this.credentials.forget(id);
       this.opts.events?.onWorkerDeath?.('heartbeat-timeout');
       this.opts.log?.warn({ worker: id }, 'worker declared dead (heartbeat timeout)');
       this.streams.get(id)?.end();
@@ -645,6 +765,8 @@ export class CoordinatorServer {
     if (this.finished || this.stopping || !this.membership.needsNewGeneration()) return;
     // Only workers that hold a plan stream can take part: wait until every live worker subscribed.
     if (this.membership.alive().some((m) => !this.streams.has(m.id))) return;
+    // The ceiling on disk covers a number before any worker hears of it.
+    this.ledger?.reserve(this.membership.knownGeneration + 1);
     const g = this.membership.nextGeneration();
     this.counters.generations++;
     this.opts.events?.onGeneration?.(g.number, g.ring.length);
@@ -680,4 +802,14 @@ export class CoordinatorServer {
       })),
     };
   }
+}
+
+/**
+ * Ends a server stream with the status of `e`. (`destroy(err)` would close the HTTP/2 stream
+ * without a status, and a client would wait on it for ever; emitting 'error' makes grpc-js send
+ * the status and end the call.)
+ */
+function endWithError(call: grpc.ServerWritableStream<unknown, unknown>, e: unknown): void {
+  const err = e instanceof RpcError ? e : new RpcError(grpc.status.INTERNAL, (e as Error).message);
+  call.emit('error', { code: err.code, details: err.message, metadata: new grpc.Metadata() });
 }

@@ -1,11 +1,13 @@
 /**
  * The worker's side of the coordinator API: typed promise wrappers over the generated gRPC
- * client, with the join token attached to every call.
+ * client, with the join token attached to every call, and the worker secret of the last
+ * registration made through this client (or given to it) too.
  */
 import * as grpc from '@grpc/grpc-js';
 import { CoordinatorService } from '../proto-gen/coordinator-grpc.js';
 import { ringdiff } from '../proto-gen/coordinator.js';
 import { ChunkAssembler, toChunks } from '../job/transfer.js';
+import { MAX_REASON_BYTES, WORKER_SECRET_HEADER } from '../job/protocol.js';
 
 import pb = ringdiff.v1;
 
@@ -21,6 +23,8 @@ type Unary<Req, Res> = (
 /** A connection to the coordinator at `address` (host:port). */
 export class CoordinatorClient {
   private readonly client: grpc.Client & Record<string, unknown>;
+  /** Secret of the worker this client calls for (set by `register`, or by the owner of another client). */
+  workerSecret = '';
 
   constructor(
     readonly address: string,
@@ -39,6 +43,7 @@ export class CoordinatorClient {
   private metadata(): grpc.Metadata {
     const md = new grpc.Metadata();
     if (this.token) md.set('authorization', `Bearer ${this.token}`);
+    if (this.workerSecret) md.set(WORKER_SECRET_HEADER, this.workerSecret);
     return md;
   }
 
@@ -51,8 +56,11 @@ export class CoordinatorClient {
     });
   }
 
-  register(r: pb.IRegisterRequest): Promise<pb.RegisterReply> {
-    return this.call('register', r);
+  /** Registers; later calls of this client carry the secret the coordinator answers with. */
+  async register(r: pb.IRegisterRequest): Promise<pb.RegisterReply> {
+    const reply = await this.call<pb.IRegisterRequest, pb.RegisterReply>('register', r);
+    this.workerSecret = reply.workerSecret;
+    return reply;
   }
   heartbeat(r: pb.IHeartbeatRequest): Promise<pb.HeartbeatReply> {
     return this.call('heartbeat', r);
@@ -61,7 +69,7 @@ export class CoordinatorClient {
     return this.call('report', r);
   }
   reportFailure(r: pb.IFailureReport): Promise<pb.FailureReply> {
-    return this.call('reportFailure', r);
+    return this.call('reportFailure', { ...r, reason: oneLine(r.reason ?? '', MAX_REASON_BYTES) });
   }
   leave(r: pb.ILeaveRequest): Promise<pb.LeaveReply> {
     return this.call('leave', r);
@@ -143,4 +151,12 @@ export class CoordinatorClient {
   close(): void {
     this.client.close();
   }
+}
+
+/** `s` on one line and within `maxBytes` of UTF-8 (an error message sent as a field). */
+function oneLine(s: string, maxBytes: number): string {
+  // eslint-disable-next-line no-control-regex -- control characters are what it replaces
+  let t = s.replace(/[\u0000-\u001f\u007f]+/g, ' ');
+  while (Buffer.byteLength(t, 'utf8') > maxBytes) t = t.slice(0, Math.floor(t.length * 0.9));
+  return t;
 }

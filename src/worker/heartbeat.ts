@@ -13,6 +13,8 @@ interface ThreadInit {
   token: string;
   tls: TlsPem | null;
   workerId: string;
+  /** The worker secret of this registration (sent with every heartbeat). */
+  secret: string;
   intervalMs: number;
   /** Int32 [generation] and Float64 [step], written by the main thread. */
   shared: SharedArrayBuffer;
@@ -67,6 +69,7 @@ if (!isMainThread && parentPort && (workerData as { shared?: unknown } | null)?.
     credentialsFrom(init.tls),
     init.intervalMs * 2,
   );
+  client.workerSecret = init.secret;
   let fenced = false;
   const beat = () => {
     client

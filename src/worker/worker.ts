@@ -192,6 +192,10 @@ export class Worker {
             throw new FatalWorkerError(`coordinator ${this.o.coordinator} refused the join token`);
           if (code === 9 /* FAILED_PRECONDITION */ && /finished/.test((e as Error).message))
             return 'finished';
+          // The coordinator never numbered our last generation (it runs another job now, or
+          // could not keep its counter on disk): we join as a newcomer.
+          if (code === 3 /* INVALID_ARGUMENT */ && /last_generation:/.test((e as Error).message))
+            this.generation = 0;
           this.log.warn({ error: (e as Error).message }, 'coordinator unreachable; retrying');
           end = 'lost';
         }
@@ -393,6 +397,7 @@ export class Worker {
         token: this.o.token,
         tls: this.o.tls ?? null,
         workerId: this.workerId,
+        secret: this.client.workerSecret,
         intervalMs,
       },
       () => {
