@@ -225,11 +225,18 @@ test('SIGKILL of rank 0 while it pushes a checkpoint', opts, async (t) => {
     const tKill = Date.now();
     c.signal(rank0, 'SIGKILL');
     await c.shape('coordinator', {});
+    // The survivors' steps take ~35 ms: a slower ring link keeps the job going while the joiner
+    // starts (a process start takes seconds here), so that it joins before the last step.
+    const home = c.hostIndex(rank0.ns);
+    const slowed = (home + 1) % 3;
+    await c.shape(slowed, { rate: '20mbit' });
     const r = await recovered(c, before.generation, before.step, 2);
     t.diagnostic(
       `rank 0 killed after step 50; training again at step ${r.step} after ${Date.now() - tKill} ms`,
     );
-    await c.startWorker(c.hostIndex(rank0.ns), 'joiner');
+    await c.startWorker(home, 'joiner');
+    await c.waitFor((x) => x.workers.length === 3, 'the joiner to register');
+    await c.shape(slowed, {});
     await finished(c, coord);
     const written = lines(coord.log, /checkpoint written/).map((l) => Number(/"step":(\d+)/.exec(l)?.[1]));
     t.diagnostic(

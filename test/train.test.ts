@@ -259,7 +259,7 @@ test('the report draws each checkpoint grid once, and after a stop draws none', 
   }
 });
 
-test('many steps: tensor count stays flat and RSS does not grow', async () => {
+test('many steps: tensor count stays flat and RSS does not grow', async (t) => {
   const dir = tmp();
   try {
     const job = await openJob(
@@ -283,6 +283,9 @@ test('many steps: tensor count stays flat and RSS does not grow', async () => {
       `live heap grew by ${(liveGrown / 2 ** 20).toFixed(1)} MiB over 600 steps`,
     );
     const grown = process.memoryUsage().rss - rss0;
+    t.diagnostic(
+      `over 600 steps after warm-up: live heap ${(liveGrown / 2 ** 20).toFixed(1)} MiB, RSS ${(grown / 2 ** 20).toFixed(1)} MiB`,
+    );
     assert.ok(
       grown < 48 * 2 ** 20,
       `RSS grew by ${(grown / 2 ** 20).toFixed(1)} MiB over 600 steps after warm-up`,

@@ -32,6 +32,7 @@ import {
   initParams,
   layerNormNoAffine,
   linear,
+  multiHeadAttention,
   param,
   type ParamSpec,
   silu,
@@ -251,19 +252,8 @@ function modulate(x: tf.Tensor3D, shift: tf.Tensor3D, scale: tf.Tensor3D): tf.Te
  */
 function tokenAttention(p: Params, name: string, x: tf.Tensor3D, heads: number): tf.Tensor3D {
   const [b, n, c] = x.shape;
-  const d = c / heads;
-  const qkv = linear(p, `${name}.qkv`, tf.reshape(x, [b * n, c]) as tf.Tensor2D);
-  // [B·N, D] → [B·heads, N, d]: rank ≤ 4 throughout so that every op has a gradient on all backends.
-  const toHeads = (m: tf.Tensor2D): tf.Tensor3D =>
-    tf.reshape(tf.transpose(tf.reshape(m, [b, n, heads, d]), [0, 2, 1, 3]), [b * heads, n, d]);
-  const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-  const scores = tf.mul(tf.matMul(toHeads(q), toHeads(k), false, true), 1 / Math.sqrt(d));
-  const o = tf.matMul(tf.softmax(scores), toHeads(v)); // [B·heads, N, d]
-  const merged = tf.reshape(tf.transpose(tf.reshape(o, [b, heads, n, d]), [0, 2, 1, 3]), [
-    b * n,
-    c,
-  ]) as tf.Tensor2D;
-  return tf.reshape(linear(p, `${name}.proj`, merged), [b, n, c]);
+  const tokens = tf.reshape(x, [b * n, c]) as tf.Tensor2D;
+  return tf.reshape(multiHeadAttention(p, name, tokens, b, n, heads), [b, n, c]);
 }
 
 /**

@@ -405,9 +405,26 @@ export function selfAttention(
   const [b, h, w, c] = x.shape;
   if (c % heads !== 0) throw new Error(`${name}: ${heads} heads do not divide ${c} channels`);
   const n = h * w;
-  const d = c / heads;
   const hn = tf.reshape(groupNorm(p, `${name}.norm`, x, groups), [b * n, c]) as tf.Tensor2D;
-  const qkv = linear(p, `${name}.qkv`, hn);
+  return tf.add(x, tf.reshape(multiHeadAttention(p, name, hn, b, n, heads), [b, h, w, c]));
+}
+
+/**
+ * Multi-head self-attention over tokens [B·N, C] (B sequences of N): `${name}.qkv` (laid out
+ * [q | k | v], each head-major), softmax(QKᵀ/√d)·V per head (d = C/heads), then `${name}.proj`.
+ * Returns [B·N, C].
+ */
+export function multiHeadAttention(
+  p: Params,
+  name: string,
+  tokens: tf.Tensor2D,
+  b: number,
+  n: number,
+  heads: number,
+): tf.Tensor2D {
+  const c = tokens.shape[1];
+  const d = c / heads;
+  const qkv = linear(p, `${name}.qkv`, tokens);
   // [B·N, C] → [B·heads, N, d]; rank ≤ 4 throughout so that every op has a gradient on all backends.
   const toHeads = (m: tf.Tensor2D): tf.Tensor3D =>
     tf.reshape(tf.transpose(tf.reshape(m, [b, n, heads, d]), [0, 2, 1, 3]), [b * heads, n, d]);
@@ -418,7 +435,7 @@ export function selfAttention(
     b * n,
     c,
   ]) as tf.Tensor2D;
-  return tf.add(x, tf.reshape(linear(p, `${name}.proj`, merged), [b, h, w, c]));
+  return linear(p, `${name}.proj`, merged);
 }
 
 /** Nearest-neighbour ×2 upsampling: x [B, H, W, C] → [B, 2H, 2W, C]. */
