@@ -2,35 +2,31 @@
  * The ring all-reduce side by side with PyTorch's Gloo all-reduce on this machine (issue 5).
  *
  *   node dist/bench/allreduce-gloo.js [--ranks 2,4] [--sizes 16M,64M] [--rounds 3] [--iters 10]
- *       [--chunk 1M] [--kernels native,js] [--shm auto,off] [--python /usr/bin/python3]
+ *       [--warmup 5] [--chunk 1M] [--kernels native,js] [--shm auto,off] [--python /usr/bin/python3]
  *       [--gloo /work/shared/anchors/gloo_allreduce.py]
  *
- * A shared, noisy host swings 2-3x from minute to minute, so a lone figure means little: every
- * round runs the ring bench (`runAllreduceBench`, with its raw point-to-point measurement) and then
- * the Gloo anchor (`gloo_allreduce.py`) for each world size, back to back, and the summary gives,
- * per world size and buffer size, the median over rounds of each busbw and of the per-round ratio
- * ring/Gloo. `--kernels native,js` runs the ring once per kernel set (RINGDIFF_RING_KERNELS in the
- * children's environment; `js` is the ring without the addon) in every round. `--shm auto,off`
- * likewise runs the ring with its shared-memory payload path ('auto', the default) and without it
- * ('off': every payload through the ipc:// sockets), side by side in every round.
+ * The procedure is `runVsGloo` (src/allreduce/vs-gloo.ts), the one `ringdiff bench allreduce
+ * --vs-gloo` runs, with the same defaults: rounds of ring and Gloo back to back, alternating which
+ * goes first; medians over rounds of each busbw and of the per-round ratio. This script only adds
+ * ring variants run in every round: `--kernels native,js` (RINGDIFF_RING_KERNELS in the ring's
+ * processes; `js` is the ring without the addon) and `--shm auto,off` (the shared-memory payload
+ * path, the default, or every payload through the ipc:// sockets).
  */
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { DEFAULT_BENCH_OPTIONS, parseSize, parseSizes } from '../src/allreduce/bench.js';
 import {
-  DEFAULT_BENCH_OPTIONS,
-  formatBytes,
-  parseSize,
-  parseSizes,
-  runAllreduceBench,
-} from '../src/allreduce/bench.js';
+  defaultGlooAnchor,
+  formatVsGloo,
+  glooUnavailable,
+  runVsGloo,
+  type RingVariant,
+} from '../src/allreduce/vs-gloo.js';
 
 interface Args {
   ranks: number[];
   sizes: number[];
   rounds: number;
   iters: number;
+  warmup: number;
   chunkBytes: number;
   python: string;
   gloo: string;
@@ -39,14 +35,16 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
+  const anchor = defaultGlooAnchor();
   const a: Args = {
     ranks: [2, 4],
     sizes: [16 << 20, 64 << 20],
     rounds: 3,
-    iters: 10,
+    iters: DEFAULT_BENCH_OPTIONS.iters,
+    warmup: DEFAULT_BENCH_OPTIONS.warmup,
     chunkBytes: DEFAULT_BENCH_OPTIONS.chunkBytes,
-    python: '/usr/bin/python3',
-    gloo: '/work/shared/anchors/gloo_allreduce.py',
+    python: anchor.python,
+    gloo: anchor.script,
     kernels: ['native'],
     shm: ['auto'],
   };
@@ -58,6 +56,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--sizes') a.sizes = parseSizes(v);
     else if (k === '--rounds') a.rounds = Number(v);
     else if (k === '--iters') a.iters = Number(v);
+    else if (k === '--warmup') a.warmup = Number(v);
     else if (k === '--chunk') a.chunkBytes = parseSize(v);
     else if (k === '--python') a.python = v;
     else if (k === '--gloo') a.gloo = v;
@@ -72,86 +71,40 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-}
-
-/** Gloo busbw (GB/s) per size in bytes, from one run of the anchor. */
-function runGloo(a: Args, ranks: number): Map<number, number> {
-  const out = join(tmpdir(), `ringdiff-gloo-${process.pid}.jsonl`);
-  const mib = a.sizes.map((s) => String(s / (1 << 20)));
-  const r = spawnSync(
-    a.python,
-    [a.gloo, '--world-sizes', String(ranks), '--sizes-mib', ...mib, '--iters', String(a.iters), '--out', out],
-    { encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(`gloo anchor failed: ${r.stderr || r.error?.message}`);
-  const rows = readFileSync(out, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as { bytes: number; busbw_GBps: number });
-  return new Map(rows.map((x) => [x.bytes, x.busbw_GBps]));
-}
-
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
-  type Row = { ring: number[]; gloo: number[]; ratio: number[]; p2p: number[] };
-  const rows = new Map<string, Row>();
-  const row = (kernels: string, n: number, size: number) => {
-    const key = `${kernels} ${n} ${size}`;
-    let r = rows.get(key);
-    if (!r) rows.set(key, (r = { ring: [], gloo: [], ratio: [], p2p: [] }));
-    return r;
-  };
-  for (let round = 0; round < a.rounds; round++) {
-    for (const n of a.ranks) {
-      const reports = [];
-      for (const k of a.kernels) {
-        for (const shm of a.shm) {
-          process.env.RINGDIFF_RING_KERNELS = k;
-          const rep = await runAllreduceBench({
-            ...DEFAULT_BENCH_OPTIONS,
-            ranks: n,
-            sizes: a.sizes,
-            iters: a.iters,
-            chunkBytes: a.chunkBytes,
-            sharedMemory: shm,
-          });
-          // The label says what ran: 'native+shm', or 'native' for the socket path.
-          reports.push({ kernels: rep.shared_memory ? `${k}+shm` : k, rep });
-        }
-      }
-      const gloo = runGloo(a, n);
-      for (const { kernels, rep } of reports) {
-        for (const res of rep.results) {
-          const g = gloo.get(res.size_bytes);
-          if (g === undefined) continue;
-          const r = row(kernels, n, res.size_bytes);
-          r.ring.push(res.busbw_GBps);
-          r.gloo.push(g);
-          r.ratio.push(res.busbw_GBps / g);
-          if (rep.p2p_GBps !== null) r.p2p.push(rep.p2p_GBps);
-          process.stderr.write(
-            `round ${round + 1}: ${kernels} ${n} ranks ${formatBytes(res.size_bytes)}: ring ${res.busbw_GBps.toFixed(3)} gloo ${g.toFixed(3)} ratio ${(res.busbw_GBps / g).toFixed(2)} p2p ${rep.p2p_GBps?.toFixed(3) ?? '-'}${res.ok ? '' : ' MISMATCH'}\n`,
-          );
-        }
-      }
-    }
-  }
-  const f = (x: number) => x.toFixed(3);
-  console.log(`ring vs Gloo busbw (GB/s), medians over ${a.rounds} rounds, ${a.iters} calls each`);
-  console.log('path       ranks     size   ring   gloo  ring/gloo (min-max)    p2p  ring/p2p');
-  for (const [key, r] of rows) {
-    const [kernels, nStr, sizeStr] = key.split(' ') as [string, string, string];
-    const n = Number(nStr);
-    const size = Number(sizeStr);
-    const p2p = r.p2p.length ? median(r.p2p) : NaN;
-    console.log(
-      `${kernels.padEnd(10)} ${String(n).padStart(5)} ${formatBytes(size).padStart(8)} ${f(median(r.ring))} ${f(median(r.gloo))}  ${median(r.ratio).toFixed(2).padStart(9)} (${Math.min(...r.ratio).toFixed(2)}-${Math.max(...r.ratio).toFixed(2)})  ${f(p2p)}  ${(median(r.ring) / p2p).toFixed(2).padStart(8)}`,
-    );
-  }
+  const anchor = { python: a.python, script: a.gloo };
+  const why = glooUnavailable(anchor);
+  if (why) throw new Error(why);
+  const variants: RingVariant[] = [];
+  for (const k of a.kernels)
+    for (const shm of a.shm)
+      variants.push({
+        // 'native+shm' / 'js+shm': the shared-memory path; 'native' / 'js': the sockets only.
+        label: shm === 'auto' ? `${k}+shm` : k,
+        options: { sharedMemory: shm },
+        env: { RINGDIFF_RING_KERNELS: k },
+      });
+  const report = await runVsGloo({
+    bench: {
+      ...DEFAULT_BENCH_OPTIONS,
+      sizes: a.sizes,
+      iters: a.iters,
+      warmup: a.warmup,
+      chunkBytes: a.chunkBytes,
+    },
+    ranks: a.ranks,
+    rounds: a.rounds,
+    anchor,
+    variants,
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  console.log(formatVsGloo(report));
+  // The label promises shared memory: say so when it was not in use (e.g. no addon).
+  for (const r of report.ring)
+    if (r.ranks > 1 && !r.shared_memory && r.shared_memory_reason !== "sharedMemory 'off'")
+      console.log(`note: a '+shm' run had shared memory off: ${r.shared_memory_reason}`);
+  if (!report.rows.every((r) => r.ok)) process.exitCode = 1;
 }
 
 main().catch((e: unknown) => {

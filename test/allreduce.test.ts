@@ -18,7 +18,7 @@ import {
   type FrameHeader,
 } from '../src/allreduce/frame.js';
 import { bitsToHalf, halfTable, toHalf, encodeF16, decodeF16 } from '../src/allreduce/fp16.js';
-import { Ring, pickAddress, z85Encode } from '../src/allreduce/ring.js';
+import { Ring, pickAddress, z85Encode, type RingOptions } from '../src/allreduce/ring.js';
 import { RingConfigError } from '../src/allreduce/errors.js';
 import { parseSizes } from '../src/allreduce/bench.js';
 import { jsKernels, kernels, resetKernels, setKernels, type RingKernels } from '../src/allreduce/reduce.js';
@@ -507,6 +507,67 @@ describe('all-reduce across processes', { timeout: 600_000 }, () => {
       assert.ok(['RING_PROTOCOL', 'RING_ABORTED'].includes(r.error?.code as string), r.error?.message);
     }
     await stopPeers(peers);
+  });
+});
+
+describe('back-to-back calls', { timeout: 120_000 }, () => {
+  /**
+   * Each rank runs its own sequence of all-reduces without waiting for the others between calls
+   * (in one process, so that ranks interleave frame by frame): calls that skip the DONE round
+   * (every payload through shared memory) must never write over what another rank still reads,
+   * whatever the lengths. Small integers: every sum is exact, whatever the order.
+   */
+  async function sequence(n: number, extra: (r: number) => Partial<RingOptions>, lengths: number[]) {
+    const addrs = ipcAddrs(n);
+    const rings = await Promise.all(
+      addrs.map((_, r) => Ring.open({ ...ringOpts(addrs, r), chunkBytes: 8192, ...extra(r) })),
+    );
+    const input = (call: number, r: number, len: number) =>
+      Float32Array.from({ length: len }, (_, i) => ((i * 31 + r * 17 + call * 7) % 199) - 99);
+    try {
+      const results = await Promise.all(
+        rings.map(async (ring, r) => {
+          // One buffer per length, overwritten by the next call at once (as training reuses its
+          // gradient buffer): a send still reading it would carry the next call's input.
+          const bufs = new Map<number, Float32Array>();
+          const out: Float32Array[] = [];
+          for (const [call, len] of lengths.entries()) {
+            let x = bufs.get(len);
+            if (!x) bufs.set(len, (x = new Float32Array(len)));
+            x.set(input(call, r, len));
+            await ring.allReduce(x);
+            out.push(x.slice());
+          }
+          return out;
+        }),
+      );
+      for (const [call, len] of lengths.entries()) {
+        const want = new Float32Array(len);
+        for (let r = 0; r < n; r++) {
+          const x = input(call, r, len);
+          for (let i = 0; i < len; i++) want[i] = (want[i] as number) + (x[i] as number);
+        }
+        for (let r = 0; r < n; r++)
+          assert.deepEqual(results[r]?.[call], want, `rank ${r}, call ${call} (length ${len}) is wrong`);
+      }
+      return rings.map((x) => x.stats());
+    } finally {
+      await Promise.all(rings.map((x) => x.close()));
+    }
+  }
+
+  const lengths = [100_000, 3, 100_000, 100_000, 1, 250_000, 7, 7, 40_000, 250_000, 250_000, 5, 100_000];
+
+  test('through shared memory, lengths changing from call to call: every result exact', async (t) => {
+    if (!loadNativeKernels().kernels) return t.skip('native addon unavailable (no shared memory)');
+    for (const n of [2, 3, 4]) {
+      const st = await sequence(n, () => ({}), lengths);
+      for (const s of st) assert.ok(s.shm.active && s.shm.framesSent > 0, 'shared memory in use');
+    }
+  });
+
+  test('one rank without shared memory (the DONE round for everyone): every result exact', async () => {
+    for (const n of [2, 4]) await sequence(n, (r) => (r === 1 ? { sharedMemory: 'off' } : {}), lengths);
   });
 });
 

@@ -6,22 +6,31 @@
  * an emulated host), and for every size runs `warmup` untimed and `iters` timed all-reduces (SUM):
  * like the Gloo anchor, one barrier and then back-to-back calls on the evolving buffer, each call
  * timed on every rank (with fp16 compression, which would overflow, the input is restored and the
- * ranks pass a barrier before every call instead; neither is timed). Like nccl-tests and the Gloo anchor: time/call = max over ranks of
- * the mean call time, algbw = bytes / time, busbw = algbw · 2(N−1)/N (GB = 1e9 bytes); min /
+ * ranks pass a barrier before every call instead; neither is timed). Like nccl-tests and the Gloo
+ * anchor: time/call = max over ranks of the mean call time, algbw = bytes / time, busbw = algbw · 2(N−1)/N (GB = 1e9 bytes); min /
  * median / max are over iterations of the slowest rank's time. Every result is checked against a
  * float64 reference sum of all ranks' inputs (`ok`).
+ *
+ * What a job does: the ring's options are a worker's (frames authenticated with a generation
+ * secret, shared memory between ranks of one host, the native kernels when built; the report
+ * says which ran). Warm-up: a ring's first all-reduce of a size creates and maps the
+ * shared-memory segments (here 30-100x a steady call) and the second is still up to 2-4x slower
+ * at 64 MiB; a job pays that once per generation, so the default warm-up (5) keeps it out of the
+ * timed calls. Timing is noisy on shared hosts: `--vs-gloo` (vs-gloo.ts) runs the anchor side
+ * by side.
  *
  * It also measures the raw point-to-point throughput of the same transport (same socket options,
  * the same two-frame messages of `chunkBytes`, CURVE if enabled) between two of the processes,
  * one direction, and reports busbw as a fraction of it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { Encoding, Phase, encodeHeader } from './frame.js';
-import { Ring, ringContext, type RingOptions } from './ring.js';
+import { Ring, ringContext, ringKernelStatus, type RingOptions } from './ring.js';
 import { freePort } from '../util/net.js';
 
 type KeyPair = { publicKey: string; secretKey: string };
@@ -85,6 +94,11 @@ export interface AllreduceBenchOptions {
   p2p: boolean;
   /** Check every result against the reference sum. */
   check: boolean;
+  /**
+   * Frames carry a MAC under a generation secret, as in a job (the coordinator issues one per
+   * generation). Default true.
+   */
+  authenticate?: boolean;
   /** Emulated hosts (one per rank); default: all ranks on this host, loopback. */
   hosts?: BenchHost[];
   /** First TCP port on emulated hosts. Default 29500. */
@@ -99,6 +113,8 @@ export interface SizeResult {
   min_ms: number;
   median_ms: number;
   max_ms: number;
+  /** Each timed call's time on its slowest rank, ms, in call order. */
+  call_ms: number[];
   algbw_GBps: number;
   busbw_GBps: number;
   /** busbw / raw point-to-point throughput (null when not measured). */
@@ -116,6 +132,10 @@ export interface AllreduceBenchReport {
   /** Whether rank 0 sent its all-reduce payloads through shared memory (else: why not). */
   shared_memory: boolean;
   shared_memory_reason: string | null;
+  /** The reduce kernels rank 0 ran: 'native <simd>' or 'js (why)' (the JS ones are several times slower). */
+  kernels: string;
+  /** Whether frames carried a MAC under a generation secret, as in a job. */
+  authenticated: boolean;
   chunk_bytes: number;
   compression: string;
   encryption: string;
@@ -130,7 +150,7 @@ export const DEFAULT_BENCH_OPTIONS: AllreduceBenchOptions = {
   ranks: 2,
   sizes: [1 << 20, 4 << 20, 16 << 20, 64 << 20],
   iters: 10,
-  warmup: 3,
+  warmup: 5,
   compression: 'none',
   encryption: 'none',
   transport: 'auto',
@@ -267,6 +287,8 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
     }
   }
   const keys = o.encryption === 'curve' ? Array.from({ length: n }, () => zmq.curveKeyPair()) : [];
+  // Hex: the options travel to the children as JSON.
+  const secret = o.authenticate === false ? undefined : randomBytes(16).toString('hex');
 
   const children: Child[] = [];
   try {
@@ -319,7 +341,7 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
       );
     }
 
-    await Promise.all(children.map((c) => call(c, 'open', { opts: ringOpts(c.rank) })));
+    await Promise.all(children.map((c) => call(c, 'open', { opts: ringOpts(c.rank), secret })));
     const results: SizeResult[] = [];
     for (const size of o.sizes) {
       const per = await Promise.all(
@@ -348,6 +370,7 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
         min_ms: Math.min(...perIter),
         median_ms: median(perIter),
         max_ms: Math.max(...perIter),
+        call_ms: perIter,
         algbw_GBps: algbw,
         busbw_GBps: busbw,
         busbw_over_p2p: p2p ? busbw / p2p : null,
@@ -360,16 +383,17 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
         `${formatBytes(size)}: ${timeMs.toFixed(2)} ms, busbw ${busbw.toFixed(3)} GB/s, cpu/rank ${res.cpu_ms_per_rank.toFixed(1)} ms${res.ok ? '' : ' MISMATCH'}`,
       );
     }
-    const shm =
-      n > 1
-        ? ((await call(children[0] as Child, 'stats')).shm as { active: boolean; reason: string | null })
-        : null;
+    const st = await call(children[0] as Child, 'stats');
+    const shm = n > 1 ? (st.shm as { active: boolean; reason: string | null }) : null;
+    const k = st.kernels as { ok: boolean; reason: string | null; simd: string | null };
     await Promise.all(children.map((c) => call(c, 'close')));
     return {
       ranks: n,
       transport,
       shared_memory: shm?.active ?? false,
       shared_memory_reason: shm ? shm.reason : 'worldSize 1',
+      kernels: k.ok ? `native ${k.simd ?? ''}`.trim() : `js (${k.reason ?? 'native kernels unavailable'})`,
+      authenticated: o.authenticate !== false,
       chunk_bytes: o.chunkBytes,
       compression: o.compression,
       encryption: o.encryption,
@@ -411,7 +435,7 @@ export async function runAllreduceBench(o: AllreduceBenchOptions): Promise<Allre
 export function formatReport(r: AllreduceBenchReport): string {
   const lines: string[] = [];
   lines.push(
-    `ring all-reduce: ${r.ranks} ranks, ${r.transport}${r.shared_memory ? ' + shared memory' : ` (shared memory off: ${r.shared_memory_reason})`}, chunk ${formatBytes(r.chunk_bytes)}, compression ${r.compression}, encryption ${r.encryption}, ${r.warmup} warm-up + ${r.iters} timed calls per size`,
+    `ring all-reduce: ${r.ranks} ranks, ${r.transport}${r.shared_memory ? ' + shared memory' : ` (shared memory off: ${r.shared_memory_reason})`}, ${r.kernels} kernels, chunk ${formatBytes(r.chunk_bytes)}, compression ${r.compression}, encryption ${r.encryption}${r.authenticated ? ', frames authenticated' : ''}, ${r.warmup} warm-up + ${r.iters} timed calls per size`,
   );
   if (r.p2p_GBps !== null)
     lines.push(
@@ -459,7 +483,8 @@ async function childMain(): Promise<void> {
       const opts = m.opts as RingOptions;
       rank = opts.rank;
       n = opts.worldSize;
-      ring = await Ring.open(opts);
+      const secret = typeof m.secret === 'string' ? { secret: Buffer.from(m.secret, 'hex') } : {};
+      ring = await Ring.open({ ...opts, ...secret });
       return {};
     },
     async bench(m) {
@@ -539,7 +564,7 @@ async function childMain(): Promise<void> {
       return { times, okAll, worst, cpuMs: cpu / iters };
     },
     async stats() {
-      return { shm: ring?.stats().shm ?? null };
+      return { shm: ring?.stats().shm ?? null, kernels: ringKernelStatus };
     },
     async close() {
       await ring?.close();

@@ -76,6 +76,8 @@ export interface FrameHeader {
   shmOffset?: number;
   /** Authenticated rings: index of the message on its link (1, 2, …); absent or 0 otherwise. */
   linkIndex?: number;
+  /** All-reduce data frames: the call ends with the DONE round (see ring.ts); absent: false. */
+  doneRound?: boolean;
 }
 
 /** Longest segment name accepted (shm.ts produces about 90 characters). */
@@ -156,6 +158,7 @@ export function decodeHeader(buf: Uint8Array): FrameHeader | null {
     'root',
   ] as const)
     if (!isU32(h[k])) return null;
+  if (m.doneRound === true) h.doneRound = true;
   const li = m.linkIndex;
   if (li !== undefined && li !== 0) {
     if (typeof li !== 'number' || !Number.isSafeInteger(li) || li < 0) return null;

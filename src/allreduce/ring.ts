@@ -45,7 +45,10 @@
  * others' tokens until its successor's has come back round (N−1 tokens per rank and call, in a
  * fixed order on every link: the sender's data, its own token, then the ones it passes on); the
  * successor's token proves it has consumed everything this rank sent, so the caller may reuse its
- * buffer at once, and the scratch buffer may be overwritten by the next call.
+ * buffer at once, and the scratch buffer may be overwritten by the next call. A call whose
+ * payloads all went through shared memory (below) ends without this round unless it is a
+ * `barrier()`: N−1 more hops, each a wake-up of another process, are a large part of a call
+ * when ranks outnumber cores.
  *
  * ZeroMQ allocates every received frame with malloc, and zeromq.js hands it to JavaScript as an
  * external buffer that only a garbage collection would free — while the external memory it
@@ -79,7 +82,7 @@
  *     names the slot of the rank that formed the final value, so all-gather moves no payload
  *     bytes between ranks at all: every rank reads each final segment from its owner's segment.
  * A frame through shared memory covers several consecutive chunks of its step (whole chunks,
- * about `sharedMemoryFrameBytes`, default 8 MiB of float32; its `count` tells the receiver how
+ * about `sharedMemoryFrameBytes`, default 32 MiB of float32; its `count` tells the receiver how
  * many): without payload bytes to stream through a socket, small frames only cost per-frame work
  * on every rank. A receiver that passes such a frame on through the socket splits it into chunks.
  * Results are bit-identical to the socket path (the same kernels on the same operands, in the
@@ -92,14 +95,23 @@
  * call that needs it and replaced by a larger one (at least double, at most `sharedMemoryBytes`,
  * default 1 GiB) when a call needs more; steps that do not fit under the cap go through the
  * socket, so memory stays bounded for any model size (≈ N × the cap per host). A slot is
- * rewritten (or its segment replaced) only by a later call of the same rank, and a call starts
- * only after the previous one resolved on that rank, i.e. after the DONE round: the rank has
- * received the DONE token of every other rank, each sent only after that rank processed all its
- * data frames of the call — and processing a frame reads its slot synchronously, to the last
- * byte, before anything else runs. So every read of every slot (by the successor, and by the
- * all-gather readers further round) happened before the slot is rewritten. Receivers replace
- * their mapping of a rank's segment when a header names a new one — by the same argument, after
- * their last read of the old one; the old file was already unlinked by its creator.
+ * rewritten (or its segment replaced) only by a later call of the same rank, and processing a
+ * frame reads its slot synchronously, to the last byte, before anything else runs. After a call
+ * with the DONE round, the rank has received the DONE token of every other rank, each sent only
+ * after that rank processed all its data frames: every read of every slot is done. Without it
+ * (every rank sent every payload through shared memory: each data header carries its sender's
+ * `done_round` ORed with those it received, and a rank's last data frame descends from frames of
+ * every rank, so all ranks decide alike), the reads that may still be under way when the rank
+ * starts its next call are of its final values (region N−1: its predecessor reads them last of
+ * all, at its last step). Its reduce-scatter regions were read by its successor before that one
+ * formed the final values that reached this rank last. The next call writes region 0 at once, and
+ * every other region only after a frame of that call from the predecessor — which has then
+ * finished the previous call, so all reads of the old final values are done. So region 0 alone
+ * must not overlap the previous call's final values: it is laid out after them when it would
+ * (lengths changing between calls), or in a fresh segment. Receivers replace their mapping of a
+ * rank's segment when a header names a new one; that header belongs to a call after every frame
+ * that referred to the old one, all of them processed on arrival, and the old file was already
+ * unlinked by its creator.
  *
  * What a receiver checks before it reads (else the frame is dropped and counted as malformed,
  * like any malformed frame): the frame decoder checks the name's form, that the phase is a data
@@ -243,10 +255,13 @@ export interface RingOptions {
   sharedMemoryBytes?: number;
   /**
    * Float32 bytes of payload per shared-memory frame, rounded down to whole chunks (at least one);
-   * default 8 MiB. With no payload to stream through a socket, small chunks only cost per-frame
+   * default 32 MiB. With no payload to stream through a socket, small chunks only cost per-frame
    * work (a ZeroMQ message and an event-loop turn on each rank), so such frames cover several
    * chunks (measured here, 4 ranks, 64 MiB: 1 MiB frames cost ~55 ms of CPU per rank and call,
-   * 4-8 MiB ~35 ms). Ranks may differ: a receiver follows its sender's frames.
+   * 4-8 MiB ~35 ms; a whole segment per frame, i.e. no pipelining within a step, took 0.75-0.96x
+   * the time of 8 MiB frames at 64 MiB with 2 and 4 ranks, call by call interleaved: every wake-up
+   * of a rank costs when ranks outnumber cores). Ranks may differ: a receiver follows its sender's
+   * frames.
    */
   sharedMemoryFrameBytes?: number;
   /**
@@ -530,7 +545,7 @@ const MAX_FRAME_SLACK = 1 << 20;
 const DEFAULT_TIMEOUT_MS = 30_000;
 const DEFAULT_SHM_BYTES = 1 << 30;
 /** Default `sharedMemoryFrameBytes`. */
-const DEFAULT_SHM_FRAME_BYTES = 8 << 20;
+const DEFAULT_SHM_FRAME_BYTES = 32 << 20;
 /** Segments grow in steps of at least this many bytes (fewer re-creations for growing calls). */
 const SHM_GRANULE = 1 << 20;
 const EMPTY = Buffer.alloc(0);
@@ -608,6 +623,11 @@ export class Ring {
   readonly shmFrameBytes: number;
   /** This rank's segment (created by the first all-reduce that uses it; replaced when too small). */
   private shmOut: OwnSegment | null = null;
+  /**
+   * @internal Where the last all-reduce left its final values in `shmOut` ([lo, hi) bytes) if it
+   * ended without the DONE round: other ranks may still be reading them (see AllReduceOp).
+   */
+  shmUnconfirmed: { seg: OwnSegment; lo: number; hi: number } | null = null;
   /** Other ranks' segments as mapped here, by rank, and the only names they may have. */
   private readonly shmPeers = new Map<number, PeerSegment>();
   private readonly shmPeerPattern: RegExp;
@@ -818,9 +838,12 @@ export class Ring {
     return this.enqueue((seq, settle) => new AllGatherOp(this, seq, local, out, settle)).then(() => out);
   }
 
-  /** Resolves once every rank has called `barrier()` (an all-reduce of one element). */
+  /**
+   * Resolves once every rank has called `barrier()` (an all-reduce of one element, always with the
+   * DONE round: every frame this rank sent before has then been received).
+   */
   barrier(): Promise<void> {
-    return this.allReduce(new Float32Array(1));
+    return this.enqueue((seq, settle) => new AllReduceOp(this, seq, new Float32Array(1), 1, settle, true));
   }
 
   /**
@@ -1167,21 +1190,20 @@ export class Ring {
 
   /**
    * @internal This rank's segment for an all-reduce whose sends need `bytes` bytes of slots (null:
-   * the socket path). Called when a call starts, so a segment is replaced only between calls (the
-   * previous call ended with the DONE round: its receiver has read everything). A segment that
-   * cannot be created (e.g. /dev/shm full) turns shared memory off for this ring.
+   * the socket path); `fresh`: a new one even if the current one is large enough. Called when a
+   * call starts. Replacing a segment is always safe: its creator unmaps and unlinks it, but other
+   * ranks keep reading their own mappings of it until they see a header naming the new one. A
+   * segment that cannot be created (e.g. /dev/shm full) turns shared memory off for this ring.
    */
-  shmSegment(bytes: number): OwnSegment | null {
+  shmSegment(bytes: number, fresh = false): OwnSegment | null {
     if (!this.shmSend || bytes === 0) return null;
     const api = shmApi();
     if (!api) return null;
     const cur = this.shmOut;
     const want = Math.min(this.shmCap, bytes);
-    if (cur && cur.bytes >= want) return cur;
-    const size = Math.min(
-      this.shmCap,
-      Math.max(Math.ceil(want / SHM_GRANULE) * SHM_GRANULE, cur ? 2 * cur.bytes : 0),
-    );
+    if (cur && cur.bytes >= want && !fresh) return cur;
+    const grown = cur && !fresh ? 2 * cur.bytes : (cur?.bytes ?? 0);
+    const size = Math.min(this.shmCap, Math.max(Math.ceil(want / SHM_GRANULE) * SHM_GRANULE, grown));
     cur?.close(api);
     this.shmOut = null;
     try {
@@ -1428,6 +1450,15 @@ class AllReduceOp extends SettledOp {
   private slotBase: number[] = [];
   /** Chunks per frame this rank sends from its segment. */
   private readonly spanChunks: number;
+  /** Bytes of each send step's region (steps 0 … N−1). */
+  private slotBytes: number[] = [];
+  /**
+   * Whether the call ends with the DONE round: when any rank sends payload bytes through the
+   * socket (or a barrier asks for it). Each rank starts with its own answer and ORs in the flag of
+   * every data frame it receives, and sends its current value with each; the last data frame a
+   * rank receives descends from frames of every rank, so all ranks end with the same value.
+   */
+  private needDone: boolean;
 
   constructor(
     ring: Ring,
@@ -1435,6 +1466,7 @@ class AllReduceOp extends SettledOp {
     private readonly buf: Float32Array,
     private readonly divisor: number,
     settle: Settle,
+    confirm = false,
   ) {
     super(ring, seq, settle);
     this.n = ring.worldSize;
@@ -1442,6 +1474,7 @@ class AllReduceOp extends SettledOp {
     this.enc = ring.compression === 'fp16' ? Encoding.F16 : Encoding.F32;
     this.steps = 2 * (this.n - 1);
     this.spanChunks = Math.max(1, Math.floor(ring.shmFrameBytes / (this.layout.chunkElems * 4)));
+    this.needDone = confirm;
   }
 
   waitingFor(): string {
@@ -1475,6 +1508,25 @@ class AllReduceOp extends SettledOp {
     return new Uint16Array(s.buffer, s.byteOffset + lo * 2, hi - lo);
   }
 
+  /**
+   * Ends the call without the DONE round (every payload went through shared memory): what it
+   * guarded is safe without it. No payload of this call is on a socket, so the caller's buffer is
+   * free at once; and this rank's regions stay untouched until its predecessor has finished this
+   * call, which implies every read of them is done: the predecessor reads this rank's final values
+   * last of all ranks, and the successor has read the reduce-scatter regions before it formed the
+   * final values that reached this rank last. Only step 0 of the next call writes before that, so
+   * planSlots keeps it off the final values recorded here.
+   */
+  private finishUnconfirmed(): void {
+    const base = this.slotBase[this.n - 1];
+    const size = this.slotBytes[this.n - 1];
+    this.ring.shmUnconfirmed =
+      this.seg && base !== undefined && base >= 0 && size !== undefined
+        ? { seg: this.seg, lo: base, hi: base + size }
+        : null;
+    this.ring.finish(this);
+  }
+
   /** Segment sent at step s (step s > 0 sends on the segment received at step s − 1). */
   private sendSeg(s: number): number {
     return mod(this.ring.rank - s, this.n);
@@ -1498,10 +1550,26 @@ class AllReduceOp extends SettledOp {
       sizes.push(bytes);
       total += Math.ceil(bytes / SLOT_ALIGN) * SLOT_ALIGN;
     }
-    const seg = this.ring.shmSegment(total);
+    let seg = this.ring.shmSegment(total);
     if (!seg) return;
+    // Step 0 writes its region before this rank hears from its predecessor in this call, i.e.
+    // while other ranks may still read the previous call's final values (when it ended without
+    // the DONE round): never over them. (Every later write follows a frame of this call from the
+    // predecessor, which has then finished the previous call: all its readers are done.)
+    let shift = 0;
+    const prev = this.ring.shmUnconfirmed;
+    if (prev && prev.seg === seg && prev.lo < (sizes[0] as number) && (bases[0] as number) < prev.hi) {
+      shift = Math.ceil(prev.hi / SLOT_ALIGN) * SLOT_ALIGN;
+      if (shift + total > seg.bytes) {
+        shift = 0;
+        seg = this.ring.shmSegment(Math.max(total, seg.bytes), true);
+        if (!seg) return;
+      }
+    }
+    const bytes = seg.bytes;
     this.seg = seg;
-    this.slotBase = bases.map((b, s) => (b + (sizes[s] as number) <= seg.bytes ? b : -1));
+    this.slotBytes = sizes;
+    this.slotBase = bases.map((b, s) => (b + shift + (sizes[s] as number) <= bytes ? b + shift : -1));
   }
 
   /** Byte offset in the segment of the chunk starting at element `lo` sent at step s; −1: socket. */
@@ -1536,8 +1604,11 @@ class AllReduceOp extends SettledOp {
   ): void {
     const k = this.sendSeg(s);
     const nc = this.layout.chunks(k);
-    const header = (chunk: number, count: number) =>
-      this.ring.header(this.seq, this.phaseOf(s), s, chunk, this.enc, count, this.buf.length, nc);
+    const header = (chunk: number, count: number) => {
+      const h = this.ring.header(this.seq, this.phaseOf(s), s, chunk, this.enc, count, this.buf.length, nc);
+      if (this.needDone) h.doneRound = true;
+      return h;
+    };
     if (off >= 0 || ref) {
       const h = header(c, hi - lo);
       h.shmSegment = ref ? ref.name : (this.seg as OwnSegment).name;
@@ -1562,6 +1633,7 @@ class AllReduceOp extends SettledOp {
       return;
     }
     this.planSlots();
+    if (!this.seg || this.slotBase.some((b) => b < 0)) this.needDone = true;
     // Reduce-scatter step 0: this rank's own segment, from the caller's buffer (zero-copy on the
     // socket; copied, or converted to fp16, into the segment with shared memory).
     const k = this.ring.rank;
@@ -1610,6 +1682,7 @@ class AllReduceOp extends SettledOp {
         root: origin,
       });
       if (j === this.n - 2) {
+        this.ring.shmUnconfirmed = null; // every rank has processed every data frame of the call
         this.ring.finish(this);
         return;
       }
@@ -1634,6 +1707,7 @@ class AllReduceOp extends SettledOp {
       length: this.buf.length,
       chunks: nc,
     });
+    if (h.doneRound) this.needDone = true;
     // A frame from shared memory is a read-only view of another rank's segment: it is never
     // written to, sent on or released. It is empty if its mapping was replaced meanwhile (only a
     // forged header naming another segment can cause that).
@@ -1719,7 +1793,10 @@ class AllReduceOp extends SettledOp {
     else {
       this.chunk = 0;
       this.step = s + 1;
-      if (this.step === this.steps) this.ring.send(this.doneHeader(this.steps, this.ring.rank), EMPTY);
+      if (this.step === this.steps) {
+        if (this.needDone) this.ring.send(this.doneHeader(this.steps, this.ring.rank), EMPTY);
+        else this.finishUnconfirmed();
+      }
     }
   }
 }

@@ -158,10 +158,10 @@ export async function main(argv: string[]): Promise<void> {
     .description(
       'ring all-reduce over N local processes: time per call, algbw, busbw (nccl-tests conventions)',
     )
-    .option('--ranks <n>', 'processes in the ring', '2')
+    .option('--ranks <n>', 'processes in the ring (with --vs-gloo a list, e.g. 2,4)', '2')
     .option('--sizes <list>', 'buffer sizes, e.g. 1M,4M,16M,64M (bytes, K/M/G suffixes)', '1M,4M,16M,64M')
-    .option('--iters <k>', 'timed calls per size', '10')
-    .option('--warmup <k>', 'untimed calls per size first', '2')
+    .option('--iters <k>', 'timed calls per size (default 10)')
+    .option('--warmup <k>', 'untimed calls per size first (default 5)')
     .option('--compression <c>', 'none or fp16 (fp16 on the wire, fp32 accumulation)', 'none')
     .option('--encryption <e>', 'none or curve (ZeroMQ CURVE with generated keys)', 'none')
     .option('--transport <t>', 'auto (ipc on one host), ipc or tcp', 'auto')
@@ -170,6 +170,10 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-p2p', 'skip the raw point-to-point measurement')
     .option('--no-check', 'skip the check against the reference sum')
     .option('--json', 'print one JSON document')
+    .option('--vs-gloo', "PyTorch's Gloo all-reduce side by side (the anchor gloo_allreduce.py), ratios")
+    .option('--rounds <r>', 'rounds of ring and Gloo (--vs-gloo)', '3')
+    .option('--python <path>', 'Python with torch (--vs-gloo; env RINGDIFF_PYTHON)')
+    .option('--gloo-anchor <path>', 'gloo_allreduce.py (--vs-gloo; env RINGDIFF_GLOO_ANCHOR)')
     .action(async (o) => {
       const { benchAllreduce } = await import('./bench.js');
       await benchAllreduce(o);
