@@ -4,6 +4,7 @@
  * the config keys and `ringdiff model`.
  */
 import { test } from 'node:test';
+import { shardTestContext, splitGradients } from './shard-check.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,9 +20,6 @@ import { DiT, ditBlock, sincosPosEmbed2d, type DiTOptions } from '../src/model/n
 import { createDenoiser, summarizeModel } from '../src/model/nets/factory.js';
 import { countSpecs, fnv1a32, silu } from '../src/model/nets/layers.js';
 import { countParams, disposeParams, sortedNames, type Params } from '../src/model/params.js';
-import { scheduleFor } from '../src/model/diffusion/schedule.js';
-import { LossSecondMomentSampler } from '../src/model/diffusion/timesteps.js';
-import { shardGradients, type Shard, type StepContext } from '../src/model/train.js';
 import { Purpose, stream } from '../src/model/rng.js';
 
 await cpuBackend();
@@ -334,41 +332,6 @@ test('gradients match central finite differences (tiny DiT, float32)', () => {
   disposeParams(p);
 });
 
-/** Concatenated gradient of a shard split: Σ over parts of shardGradients (as train.test.ts). */
-function splitGradients(
-  model: DiT,
-  params: Params,
-  x0: Float32Array,
-  labels: Int32Array,
-  cuts: number[],
-  ctx: StepContext,
-) {
-  const size = model.dataShape.reduce((a, b) => a * b, 1);
-  const total = new Map<string, Float32Array>();
-  let loss = 0;
-  const bounds = [0, ...cuts, ctx.globalBatch];
-  for (let k = 0; k + 1 < bounds.length; k++) {
-    const from = bounds[k] as number;
-    const to = bounds[k + 1] as number;
-    const shard: Shard = {
-      x0: x0.subarray(from * size, to * size),
-      labels: labels.subarray(from, to),
-      from,
-      n: to - from,
-    };
-    const r = shardGradients(model, params, shard, ctx);
-    loss += r.loss;
-    for (const [name, g] of r.grads) {
-      const v = g.dataSync() as Float32Array;
-      const acc = total.get(name);
-      if (acc) v.forEach((x, i) => (acc[i] = (acc[i] as number) + x));
-      else total.set(name, Float32Array.from(v));
-    }
-    disposeParams(r.grads);
-  }
-  return { total, loss };
-}
-
 test('gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch (≤ 1e-5 rel)', () => {
   const cfg = loadConfig(undefined, [
     'model.kind=dit',
@@ -386,20 +349,7 @@ test('gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch 
   const B = 12;
   const x0 = stream(1, 0, 0, Purpose.data).normals(new Float32Array(B * 64));
   const labels = Int32Array.from({ length: B }, (_, i) => i % 3);
-  const sampler = new LossSecondMomentSampler(50, 1);
-  sampler.update(
-    Array.from({ length: 50 }, (_, t) => t),
-    Array.from({ length: 50 }, (_, t) => 1 + t / 10),
-  );
-  const ctx: StepContext = {
-    seed: 3,
-    step: 17,
-    globalBatch: B,
-    schedule: scheduleFor('linear', 50),
-    probs: sampler.probs(),
-    classDropout: 0.3,
-    microbatch: 0,
-  };
+  const ctx = shardTestContext(B);
   const whole = splitGradients(model, params, x0, labels, [], ctx);
   assert.equal(whole.total.size, model.specs.length, 'a gradient for every parameter, none for pos_embed');
   for (const [cuts, mb] of [

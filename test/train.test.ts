@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { shardTestContext, splitGradients } from './shard-check.js';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,11 +12,10 @@ import { cpuBackend, relErr } from './helpers.js';
 import { loadConfig } from '../src/config/load.js';
 import { resolveForDataset } from '../src/config/resolve.js';
 import { createDenoiser } from '../src/model/nets/factory.js';
-import { disposeParams, sortedNames, type Params } from '../src/model/params.js';
+import { disposeParams, sortedNames } from '../src/model/params.js';
 import { scheduleFor } from '../src/model/diffusion/schedule.js';
-import { LossSecondMomentSampler } from '../src/model/diffusion/timesteps.js';
 import { applyUpdate, emaDecay, initialState, learningRate } from '../src/model/optim.js';
-import { shardGradients, type Shard, type StepContext } from '../src/model/train.js';
+import { type StepContext } from '../src/model/train.js';
 import { closeJob, openJob } from '../src/job/job.js';
 import { checkResumeCompatible } from '../src/job/resume.js';
 import { saveCheckpoint } from '../src/job/snapshot.js';
@@ -28,45 +28,6 @@ await cpuBackend();
 // A real collection before each RSS reading, so the test sees leaks rather than garbage not yet collected.
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
-
-/** Concatenated gradient of a shard split: Σ over parts of shardGradients. */
-function splitGradients(
-  model: ReturnType<typeof createDenoiser>,
-  params: Params,
-  x0: Float32Array,
-  labels: Int32Array | null,
-  cuts: number[],
-  ctx: StepContext,
-) {
-  const size = model.dataShape.reduce((a, b) => a * b, 1);
-  const total = new Map<string, Float32Array>();
-  let loss = 0;
-  const losses: number[] = [];
-  const ts: number[] = [];
-  const bounds = [0, ...cuts, ctx.globalBatch];
-  for (let k = 0; k + 1 < bounds.length; k++) {
-    const from = bounds[k] as number;
-    const to = bounds[k + 1] as number;
-    const shard: Shard = {
-      x0: x0.subarray(from * size, to * size),
-      labels: labels ? labels.subarray(from, to) : null,
-      from,
-      n: to - from,
-    };
-    const r = shardGradients(model, params, shard, ctx);
-    loss += r.loss;
-    losses.push(...r.losses);
-    ts.push(...r.t);
-    for (const [name, g] of r.grads) {
-      const v = g.dataSync() as Float32Array;
-      const acc = total.get(name);
-      if (acc) v.forEach((x, i) => (acc[i] = (acc[i] as number) + x));
-      else total.set(name, Float32Array.from(v));
-    }
-    disposeParams(r.grads);
-  }
-  return { total, loss, losses, ts };
-}
 
 /** Objectives the shard-invariance test covers: the default, and v-prediction with min-SNR and offset noise. */
 const OBJECTIVES = [
@@ -109,21 +70,7 @@ for (const kind of ['mlp', 'unet'] as const)
       const size = shape.reduce((a, b) => a * b, 1);
       const x0 = stream(1, 0, 0, Purpose.data).normals(new Float32Array(B * size));
       const labels = Int32Array.from({ length: B }, (_, i) => i % 3);
-      const sampler = new LossSecondMomentSampler(50, 1);
-      sampler.update(
-        Array.from({ length: 50 }, (_, t) => t),
-        Array.from({ length: 50 }, (_, t) => 1 + t / 10),
-      );
-      const ctx: StepContext = {
-        seed: 3,
-        step: 17,
-        globalBatch: B,
-        schedule: scheduleFor('linear', 50),
-        probs: sampler.probs(),
-        classDropout: 0.3,
-        microbatch: 0,
-        ...objective.ctx(),
-      };
+      const ctx: StepContext = { ...shardTestContext(B), ...objective.ctx() };
       const whole = splitGradients(model, params, x0, labels, [], ctx);
       for (const [cuts, mb] of [
         [[5], 0],
