@@ -292,14 +292,16 @@ test(
     ];
     try {
       const coord = await cluster.startCoordinator();
-      cluster.startWorker();
-      const remote = cluster.startWorker('remote', ['--fetch-shards']);
-      await cluster.waitFor((s) => s.generation >= 1, 'generation 1');
-      // Plaintext, and TLS without a client certificate, are refused.
+      // Checked while the coordinator waits for its workers (the 40 steps then take seconds, too
+      // short to probe reliably): the client certificate is accepted, plaintext and TLS without
+      // a client certificate are refused.
+      await cluster.waitFor((s) => s.generation === 0, 'the coordinator to answer over mutual TLS');
       const status = (creds: grpc.ChannelCredentials) =>
         new CoordinatorClient(cluster.address, TOKEN, creds, 2000).status();
       await assert.rejects(status(grpc.credentials.createInsecure()));
       await assert.rejects(status(grpc.credentials.createSsl(readFileSync(c.ca))));
+      cluster.startWorker();
+      const remote = cluster.startWorker('remote', ['--fetch-shards']);
       assert.equal(await coord.exit, 0);
       assert.equal(await remote.exit, 0);
       assert.match(readFileSync(remote.log, 'utf8'), /shards come from the coordinator/);
