@@ -57,7 +57,7 @@ async function openRings(
   const addrs = await Promise.all(
     Array.from({ length: n }, async () => `tcp://127.0.0.1:${await freePort()}`),
   );
-  const rings = await Promise.all(
+  const opened = await Promise.allSettled(
     addrs.map((a, r) => {
       // Built as a plain object so that options of newer rings pass through unchecked.
       const opts: Record<string, unknown> = {
@@ -75,6 +75,13 @@ async function openRings(
       return Ring.open(opts as unknown as RingOptions);
     }),
   );
+  const rings = opened.flatMap((o) => (o.status === 'fulfilled' ? [o.value] : []));
+  const failed = opened.find((o) => o.status === 'rejected');
+  if (failed) {
+    // Open rings would keep this file's process alive (and the test runner waiting) for ever.
+    await Promise.all(rings.map((x) => x.close()));
+    throw failed.reason;
+  }
   return { rings, addrs, generation, secret };
 }
 
