@@ -59,7 +59,9 @@ export function runRingdiffCli(
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('exit', (code) => resolve({ code: code ?? 1, out, err }));
+    // 'close', not 'exit': 'exit' can come before the last stdout/stderr chunks have been read
+    // (seen under load as a failing config with an empty stderr). A signal death reads as 128.
+    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), out, err }));
   });
 }
 
