@@ -65,6 +65,19 @@ export function runRingdiffCli(
   });
 }
 
+/** The job config of the hostile tests: a small MLP on toy:8gaussians writing to `<root>/<name>`. */
+export function toyJobYaml(root: string, name: string, steps: number): string {
+  return `
+run: { name: ${name}, out_dir: ${path.join(root, name)} }
+data: { dataset: "toy:8gaussians", size: 4096 }
+model: { kind: mlp, hidden: 64, layers: 2 }
+diffusion: { timesteps: 100 }
+train: { steps: ${steps}, global_batch: 60, warmup_steps: 5, checkpoint_every: 20, ema_sync_every: 10, log_every: 10 }
+sample: { count: 0 }
+cluster: { heartbeat_timeout_ms: 4000, ring_timeout_ms: 20000 }
+`;
+}
+
 /** A coordinator and its workers, started by hand so that a test can kill and add processes. */
 export class LocalCluster {
   coordinator: Proc | null = null;

@@ -25,6 +25,7 @@ import {
   freePort,
   runLaunch,
   runRingdiffCli,
+  toyJobYaml,
 } from './cluster-harness.js';
 
 import pb = ringdiff.v1;
@@ -561,15 +562,7 @@ async function truncatedConnections(port: number, n: number): Promise<void> {
 
 const openFds = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
 
-const toy = (name: string, steps: number) => `
-run: { name: ${name}, out_dir: ${path.join(root, name)} }
-data: { dataset: "toy:8gaussians", size: 4096 }
-model: { kind: mlp, hidden: 64, layers: 2 }
-diffusion: { timesteps: 100 }
-train: { steps: ${steps}, global_batch: 60, warmup_steps: 5, checkpoint_every: 20, ema_sync_every: 10, log_every: 10 }
-sample: { count: 0 }
-cluster: { heartbeat_timeout_ms: 4000, ring_timeout_ms: 20000 }
-`;
+const toy = (name: string, steps: number) => toyJobYaml(root, name, steps);
 
 describe('a real coordinator process', { timeout: 240_000 }, () => {
   test('item 9: ten raw connections that stop inside an HTTP/2 frame leave no descriptor open 3 s after they went', async (t) => {

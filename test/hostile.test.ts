@@ -40,7 +40,14 @@ import { openIdx } from '../src/data/idx.js';
 import { encodeNpy, openNpy } from '../src/data/npy.js';
 import type { Source } from '../src/data/preprocess.js';
 import { ConfigError, loadConfig } from '../src/config/load.js';
-import { LocalCluster, TOKEN, freePort, runRingdiffCli, spawnRingdiff } from './cluster-harness.js';
+import {
+  LocalCluster,
+  TOKEN,
+  freePort,
+  runRingdiffCli,
+  spawnRingdiff,
+  toyJobYaml,
+} from './cluster-harness.js';
 
 import pb = ringdiff.v1;
 
@@ -494,15 +501,7 @@ function h2Request(
 // ---------------------------------------------------------------------------------------------
 // The coordinator
 
-const toy = (name: string, steps: number) => `
-run: { name: ${name}, out_dir: ${path.join(root, name)} }
-data: { dataset: "toy:8gaussians", size: 4096 }
-model: { kind: mlp, hidden: 64, layers: 2 }
-diffusion: { timesteps: 100 }
-train: { steps: ${steps}, global_batch: 60, warmup_steps: 5, checkpoint_every: 20, ema_sync_every: 10, log_every: 10 }
-sample: { count: 0 }
-cluster: { heartbeat_timeout_ms: 4000, ring_timeout_ms: 20000 }
-`;
+const toy = (name: string, steps: number) => toyJobYaml(root, name, steps);
 
 interface LogLine {
   msg?: string;
