@@ -94,13 +94,49 @@ export const ModelSchema = z
       .enum(['unet', 'mlp', 'dit'])
       .default('unet')
       .describe('Denoiser: unet for images, dit (diffusion transformer) for images, mlp for 2-D data.'),
-    channels: z.array(int(1)).min(1).default([16, 32, 64]).describe('U-Net channels per resolution level.'),
+    channels: z
+      .union([
+        z.array(int(1)).min(1),
+        // ADM's model_channels × channel_mult, written out as the list the job then records.
+        z
+          .strictObject({ base: int(1), mult: z.array(int(1)).min(1) })
+          .transform(({ base, mult }) => mult.map((m) => m * base)),
+      ])
+      .default([16, 32, 64])
+      .describe('U-Net channels per resolution level: a list, or {base, mult} for base × each multiplier.'),
     res_blocks: int(1).default(1).describe('Residual blocks per U-Net level.'),
+    unet_layout: z
+      .enum(['compact', 'adm'])
+      .default('compact')
+      .describe(
+        'U-Net skips: compact (one per level) or adm (one per block, Res-Attn-Res middle: the U-Net of DDPM, improved-diffusion and ADM).',
+      ),
+    dropout: z
+      .number()
+      .min(0)
+      .lt(1)
+      .default(0)
+      .describe('U-Net dropout before the last conv of each residual block (0.1 for ADM on CIFAR-10).'),
+    scale_shift_norm: z
+      .boolean()
+      .default(false)
+      .describe(
+        'U-Net blocks take the time embedding as GroupNorm scale and shift (ADM) instead of adding it.',
+      ),
+    resblock_updown: z
+      .boolean()
+      .default(false)
+      .describe(
+        'U-Net resamples with residual blocks (average pool / nearest ×2, as BigGAN and ADM) instead of convs.',
+      ),
     attention_resolutions: z
       .array(int(1))
       .default([])
       .describe('Resolutions (pixels) whose blocks get self-attention.'),
     attention_heads: int(1).default(1).describe('Heads of each self-attention block.'),
+    attention_head_channels: int(0)
+      .default(0)
+      .describe('Channels per attention head, as ADM num_head_channels (0 = use model.attention_heads).'),
     groups: int(1).default(8).describe('GroupNorm groups.'),
     time_embed_dim: int(1).default(64).describe('Width of the timestep embedding MLP.'),
     hidden: int(1).default(128).describe('Hidden width of the MLP denoiser.'),

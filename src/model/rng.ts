@@ -18,6 +18,7 @@ export const Purpose = {
   permutation: 6,
   data: 7,
   offsetNoise: 8,
+  dropout: 9,
 } as const;
 export type Purpose = (typeof Purpose)[keyof typeof Purpose];
 

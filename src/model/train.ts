@@ -15,6 +15,7 @@ import { hybridLoss } from './diffusion/vlb.js';
 import { perExampleMse } from './diffusion/loss.js';
 import { qSample } from './diffusion/process.js';
 import { Purpose, stream } from './rng.js';
+import { ExampleDropout } from './dropout.js';
 
 /** A contiguous shard of a global batch: positions [from, from + n) with their data. */
 export interface Shard {
@@ -149,7 +150,7 @@ export function shardGradients(model: Denoiser, params: Params, shard: Shard, ct
       let mse: tf.Tensor1D | null = null;
       const f = (...ps: tf.Tensor[]): tf.Scalar => {
         const p: Params = new Map(names.map((name, i) => [name, ps[i] as tf.Tensor]));
-        const out = model.apply(p, xt, tT, y);
+        const out = model.apply(p, xt, tT, y, { dropout: new ExampleDropout(ctx.seed, ctx.step, pos, n) });
         const m =
           ctx.vlbWeight !== undefined && ctx.vlbWeight !== null
             ? hybridLoss(

@@ -19,5 +19,21 @@ export interface Denoiser {
    * Returns [B, ...dataShape], with the last axis doubled for a learned variance (the prediction's
    * channels first, then the variance interpolation v̂ ∈ [−1, 1]).
    */
-  apply(params: Params, x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D | null): tf.Tensor;
+  apply(params: Params, x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D | null, opts?: ApplyOptions): tf.Tensor;
+}
+
+/** How a forward pass runs; absent = evaluation (sampling, evaluation metrics). */
+export interface ApplyOptions {
+  /** Training: the source of dropout masks (models without dropout never call it). */
+  readonly dropout?: DropoutMasks;
+}
+
+/**
+ * Dropout masks keyed by example, not by batch: each example draws from its own stream, layer
+ * after layer in forward order, so a mask does not depend on how a batch is split (world-size
+ * invariance, micro-batching, exact resume).
+ */
+export interface DropoutMasks {
+  /** Mask for the next dropout layer: [B, ...shape] of 0 or 1/(1 − rate); `shape` is per example. */
+  next(shape: readonly number[], rate: number): tf.Tensor;
 }

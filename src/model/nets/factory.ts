@@ -49,10 +49,15 @@ export function createDenoiser(
     resBlocks: model.res_blocks,
     attentionResolutions: model.attention_resolutions,
     attentionHeads: model.attention_heads,
+    headChannels: model.attention_head_channels,
     groups: model.groups,
     timeEmbedDim: model.time_embed_dim,
     numClasses: model.num_classes,
     outputs,
+    dropout: model.dropout,
+    scaleShiftNorm: model.scale_shift_norm,
+    resblockUpdown: model.resblock_updown,
+    layout: model.unet_layout,
   });
 }
 
@@ -96,14 +101,23 @@ export function validateModel(model: ResolvedModelConfig, dataShape: readonly nu
       throw new Error(`model.groups: ${model.groups} does not divide channels ${c}`);
   }
   const resolutions = model.channels.map((_, i) => h / 2 ** i);
+  const attended: Array<[number, number]> = [];
   for (const r of model.attention_resolutions) {
     const i = resolutions.indexOf(r);
     if (i < 0)
       throw new Error(
         `model.attention_resolutions: ${r} is not a U-Net resolution (levels are ${resolutions.join(', ')} pixels high)`,
       );
-    const c = model.channels[i] as number;
-    if (c % model.attention_heads !== 0)
+    attended.push([r, model.channels[i] as number]);
+  }
+  // The ADM layout's middle block always attends, at the lowest resolution.
+  if (model.unet_layout === 'adm')
+    attended.push([resolutions[levels - 1] as number, model.channels[levels - 1] as number]);
+  for (const [r, c] of attended) {
+    const hc = model.attention_head_channels;
+    if (hc > 0 && c % hc !== 0)
+      throw new Error(`model.attention_head_channels: ${hc} does not divide channels ${c} (resolution ${r})`);
+    if (hc === 0 && c % model.attention_heads !== 0)
       throw new Error(
         `model.attention_heads: ${model.attention_heads} does not divide channels ${c} (resolution ${r})`,
       );

@@ -148,12 +148,12 @@ export function embeddingSpecs(name: string, n: number, d: number): ParamSpec[] 
 }
 
 /** Self-attention block over c channels: `${name}.norm`, `${name}.qkv` [c, 3c], `${name}.proj` [c, c]. */
-export function attentionSpecs(name: string, c: number): ParamSpec[] {
+export function attentionSpecs(name: string, c: number, projMode: InitMode = 'default'): ParamSpec[] {
   // qkv/proj are 1x1 convs in the PyTorch reference (fan_in = c); stored as linear kernels.
   return [
     ...groupNormSpecs(`${name}.norm`, c),
     ...linearSpecs(`${name}.qkv`, c, 3 * c),
-    ...linearSpecs(`${name}.proj`, c, c),
+    ...linearSpecs(`${name}.proj`, c, c, projMode),
   ];
 }
 
@@ -436,6 +436,11 @@ export function multiHeadAttention(
     c,
   ]) as tf.Tensor2D;
   return linear(p, `${name}.proj`, merged);
+}
+
+/** 2×2 average pooling with stride 2: x [B, H, W, C] → [B, H/2, W/2, C] (H, W even). */
+export function avgPool2x(x: tf.Tensor4D): tf.Tensor4D {
+  return tf.avgPool(x, 2, 2, 'valid');
 }
 
 /** Nearest-neighbour ×2 upsampling: x [B, H, W, C] → [B, 2H, 2W, C]. */
