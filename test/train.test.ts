@@ -14,7 +14,14 @@ import { resolveForDataset } from '../src/config/resolve.js';
 import { createDenoiser } from '../src/model/nets/factory.js';
 import { disposeParams, sortedNames } from '../src/model/params.js';
 import { scheduleFor } from '../src/model/diffusion/schedule.js';
-import { applyUpdate, emaDecay, initialState, learningRate } from '../src/model/optim.js';
+import {
+  applyUpdate,
+  emaDecay,
+  initialState,
+  learningRate,
+  powerEmaGamma,
+  powerEmaSigmaRel,
+} from '../src/model/optim.js';
 import { type StepContext } from '../src/model/train.js';
 import { closeJob, openJob } from '../src/job/job.js';
 import { checkResumeCompatible } from '../src/job/resume.js';
@@ -278,6 +285,26 @@ test('min-SNR-γ weights follow Hang et al. 2023 for ε, x0 and v; a cosine and 
       ) < 1e-12,
     );
   }
+});
+
+test('power EMA (Karras et al. 2024): γ of σ_rel as published; the recursion weighs step τ by τ^(γ+1) − (τ−1)^(γ+1)', () => {
+  // EDM2's pairs: σ_rel 0.05 ↔ γ 16.97, 0.10 ↔ γ 6.94.
+  assert.ok(Math.abs(powerEmaGamma(0.05) - 16.97) < 0.01, `${powerEmaGamma(0.05)}`);
+  assert.ok(Math.abs(powerEmaGamma(0.1) - 6.94) < 0.01, `${powerEmaGamma(0.1)}`);
+  assert.ok(Math.abs(powerEmaSigmaRel(powerEmaGamma(0.07)) - 0.07) < 1e-12);
+  const cfg = loadConfig(undefined, ['train.ema_schedule=power', 'train.ema_sigma_rel=0.1']).train;
+  assert.equal(emaDecay(cfg, 0), 0, 'the first average is the first weights');
+  const g = powerEmaGamma(0.1);
+  const w = Array.from({ length: 300 }, (_, i) => Math.sin(i / 7) + i / 100);
+  let ema = 0;
+  w.forEach((x, n) => {
+    const d = emaDecay(cfg, n);
+    ema = d * ema + (1 - d) * x;
+  });
+  const t = w.length;
+  const closed = w.reduce((a, x, i) => a + ((i + 1) ** (g + 1) - i ** (g + 1)) * x, 0) / t ** (g + 1);
+  assert.ok(Math.abs(ema - closed) < 1e-9, `${ema} vs ${closed}`);
+  assert.throws(() => loadConfig(undefined, ['train.ema_sigma_rel=0.3']), /train\.ema_sigma_rel/);
 });
 
 test('a checkpoint written before a key existed resumes (the key takes its default); a changed objective does not', () => {

@@ -283,6 +283,18 @@ export const TrainSchema = z
       .max(1)
       .default(0.995)
       .describe('EMA decay of the weights (0.995 for short runs; DDPM used 0.9999 over 800k steps).'),
+    ema_schedule: z
+      .enum(['exponential', 'power'])
+      .default('exponential')
+      .describe(
+        'EMA of the weights: exponential (train.ema_decay) or the power function of Karras et al. 2024 (train.ema_sigma_rel).',
+      ),
+    ema_sigma_rel: z
+      .number()
+      .gt(0)
+      .lt(0.2886)
+      .default(0.05)
+      .describe('Relative width of the power EMA (0.05 ↔ γ = 16.97, 0.10 ↔ γ = 6.94).'),
     ema_warmup: z
       .boolean()
       .default(true)

@@ -23,6 +23,8 @@ const RUN_DEFINING = [
   'train.grad_clip',
   'train.ema_decay',
   'train.ema_warmup',
+  'train.ema_schedule',
+  'train.ema_sigma_rel',
   'train.microbatch',
 ] as const;
 

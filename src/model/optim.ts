@@ -50,9 +50,34 @@ export function learningRate(cfg: TrainConfig, n: number): number {
   return cfg.lr_final + (cfg.lr - cfg.lr_final) * shape;
 }
 
-/** EMA decay at 0-based step n (with the optional min(decay, (1+n)/(10+n)) warm-up). */
+/**
+ * EMA decay at 0-based step n: exponential (ema_decay, with the optional min(decay, (1+n)/(10+n))
+ * warm-up), or Karras et al. 2024's power function (1 − 1/(n+1))^(γ+1), whose averaging window
+ * grows with the run so that its relative width stays σ_rel.
+ */
 export function emaDecay(cfg: TrainConfig, n: number): number {
+  if (cfg.ema_schedule === 'power') return (1 - 1 / (n + 1)) ** (powerEmaGamma(cfg.ema_sigma_rel) + 1);
   return cfg.ema_warmup ? Math.min(cfg.ema_decay, (1 + n) / (10 + n)) : cfg.ema_decay;
+}
+
+/** Relative width σ_rel of the power EMA with exponent γ (Karras et al. 2024, eq. 3). */
+export function powerEmaSigmaRel(gamma: number): number {
+  return Math.sqrt(gamma + 1) / ((gamma + 2) * Math.sqrt(gamma + 3));
+}
+
+/** The exponent γ > 0 whose power EMA has relative width σ_rel ∈ (0, 1/√12) (bisection: σ_rel falls with γ). */
+export function powerEmaGamma(sigmaRel: number): number {
+  if (!(sigmaRel > 0 && sigmaRel < powerEmaSigmaRel(0)))
+    throw new Error(`train.ema_sigma_rel: ${sigmaRel} is outside (0, ${powerEmaSigmaRel(0).toFixed(4)})`);
+  let lo = 0;
+  let hi = 1;
+  while (powerEmaSigmaRel(hi) > sigmaRel) hi *= 2;
+  for (let i = 0; i < 100; i++) {
+    const mid = (lo + hi) / 2;
+    if (powerEmaSigmaRel(mid) > sigmaRel) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
 }
 
 /** Global L2 norm of a gradient. */
