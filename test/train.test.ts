@@ -52,16 +52,46 @@ const OBJECTIVES = [
       offsetNoise: 0.1,
     }),
   },
+  {
+    name: 'v with learned variance, min-SNR-5',
+    outputs: 2,
+    ctx: (): Partial<StepContext> => ({
+      prediction: 'v',
+      lossWeights: lossWeights('min_snr', 'v', scheduleFor('linear', 50), 5),
+      vlbWeight: 0.001,
+    }),
+  },
 ];
 
-for (const kind of ['mlp', 'unet'] as const)
+/** Each network's tiny test shape as --set overrides (the U-Net twice: compact, and ADM with every option). */
+const KINDS: Record<string, string[]> = {
+  mlp: ['model.kind=mlp', 'model.hidden=16'],
+  unet: ['model.kind=unet', 'model.channels=[4,8]', 'model.groups=2'],
+  'unet-adm': [
+    'model.kind=unet',
+    'model.channels=[4,8]',
+    'model.groups=2',
+    'model.unet_layout=adm',
+    'model.dropout=0.2',
+    'model.scale_shift_norm=true',
+    'model.resblock_updown=true',
+    'model.attention_resolutions=[4]',
+    'model.attention_head_channels=4',
+  ],
+  dit: [
+    'model.kind=dit',
+    'model.dit.depth=2',
+    'model.dit.hidden=8',
+    'model.dit.heads=2',
+    'model.dit.patch=2',
+  ],
+};
+
+for (const [kind, sets] of Object.entries(KINDS))
   for (const objective of OBJECTIVES)
     test(`${kind} (${objective.name}): gradients of 1, 2 and 3 shards (and micro-batches) sum to the whole batch's`, () => {
       const cfg = loadConfig(undefined, [
-        `model.kind=${kind}`,
-        'model.channels=[4,8]',
-        'model.groups=2',
-        'model.hidden=16',
+        ...sets,
         'model.time_embed_dim=16',
         'model.num_classes=3',
         'model.class_dropout=0.3',
@@ -145,41 +175,62 @@ const SMALL = [
   'train.warmup_steps=2',
 ];
 
-test('resume is exact: 3 steps + checkpoint + 3 steps equals 6 steps bit for bit', async () => {
-  const a = tmp();
-  const b = tmp();
-  try {
-    const full = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${a}`, 'train.steps=6']));
-    while (full.state.step < 6) await trainStep(full);
-    const half = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.steps=6']));
-    while (half.state.step < 3) await trainStep(half);
-    await saveCheckpoint(half);
-    closeJob(half);
-    const resumed = await openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.steps=6']));
-    assert.ok(resumed.resumedFrom?.endsWith('ckpt-3'));
-    while (resumed.state.step < 6) await trainStep(resumed);
-    for (const k of ['params', 'ema', 'm', 'v'] as const) {
-      for (const name of sortedNames(full.state[k])) {
-        assert.deepEqual(
-          resumed.state[k].get(name)?.dataSync(),
-          full.state[k].get(name)?.dataSync(),
-          `${k} ${name}`,
-        );
+/** SMALL's job on 8×8 MNIST with an ADM U-Net (dropout, scale-shift, resblock up/down) and the power EMA. */
+const SMALL_ADM = [
+  ...SMALL.filter((k) => !k.startsWith('model.') && !k.startsWith('data.')),
+  'data.dataset=mnist',
+  'data.image_size=8',
+  'model.kind=unet',
+  'model.channels=[4,8]',
+  'model.groups=2',
+  'model.time_embed_dim=16',
+  'model.unet_layout=adm',
+  'model.dropout=0.2',
+  'model.scale_shift_norm=true',
+  'model.resblock_updown=true',
+  'diffusion.learn_sigma=true',
+  'train.ema_schedule=power',
+];
+
+for (const [what, sets] of [
+  ['mlp', SMALL],
+  ['ADM U-Net with dropout, learned variance and the power EMA', SMALL_ADM],
+] as const)
+  test(`resume is exact (${what}): 3 steps + checkpoint + 3 steps equals 6 steps bit for bit`, async () => {
+    const a = tmp();
+    const b = tmp();
+    try {
+      const full = await openJob(loadConfig(undefined, [...sets, `run.out_dir=${a}`, 'train.steps=6']));
+      while (full.state.step < 6) await trainStep(full);
+      const half = await openJob(loadConfig(undefined, [...sets, `run.out_dir=${b}`, 'train.steps=6']));
+      while (half.state.step < 3) await trainStep(half);
+      await saveCheckpoint(half);
+      closeJob(half);
+      const resumed = await openJob(loadConfig(undefined, [...sets, `run.out_dir=${b}`, 'train.steps=6']));
+      assert.ok(resumed.resumedFrom?.endsWith('ckpt-3'));
+      while (resumed.state.step < 6) await trainStep(resumed);
+      for (const k of ['params', 'ema', 'm', 'v'] as const) {
+        for (const name of sortedNames(full.state[k])) {
+          assert.deepEqual(
+            resumed.state[k].get(name)?.dataSync(),
+            full.state[k].get(name)?.dataSync(),
+            `${k} ${name}`,
+          );
+        }
       }
+      assert.deepEqual(resumed.sampler.state(), full.sampler.state());
+      closeJob(full);
+      closeJob(resumed);
+      // A run-defining change is refused rather than silently mixing two runs.
+      await assert.rejects(
+        openJob(loadConfig(undefined, [...sets, `run.out_dir=${b}`, 'train.lr=0.5'])),
+        /train\.lr/,
+      );
+    } finally {
+      rmSync(a, { recursive: true, force: true });
+      rmSync(b, { recursive: true, force: true });
     }
-    assert.deepEqual(resumed.sampler.state(), full.sampler.state());
-    closeJob(full);
-    closeJob(resumed);
-    // A run-defining change is refused rather than silently mixing two runs.
-    await assert.rejects(
-      openJob(loadConfig(undefined, [...SMALL, `run.out_dir=${b}`, 'train.lr=0.5'])),
-      /train\.lr/,
-    );
-  } finally {
-    rmSync(a, { recursive: true, force: true });
-    rmSync(b, { recursive: true, force: true });
-  }
-});
+  });
 
 test('the report draws each checkpoint grid once, and after a stop draws none', async () => {
   const dir = tmp();
