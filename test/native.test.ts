@@ -561,6 +561,7 @@ native('unary ops match cpu on ordinary and non-finite inputs', async () => {
     ['reciprocal', tf.Reciprocal, (x) => tf.reciprocal(x)],
     ['sigmoid', tf.Sigmoid, (x) => tf.sigmoid(x)],
     ['square', tf.Square, (x) => tf.square(x)],
+    ['tanh', tf.Tanh, (x) => tf.tanh(x)],
   ];
   for (const [name, kernel, op] of cases) {
     // Separately, so that an infinity or a huge value does not set the tolerance of the rest.

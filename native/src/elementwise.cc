@@ -178,6 +178,14 @@ RD_SIMD void unaryRange(const float* __restrict x, float* __restrict out, int64_
       r = v != v ? v : r;
     } else if constexpr (Op == kUnaryAbs) {
       r = std::fabs(v);
+    } else if constexpr (Op == kUnaryTanh) {
+      // Near 0, (1 − e^−2a)/(1 + e^−2a) cancels: there the Taylor series is exact to float32
+      // (its next term is below 3e-10 for a < 1/16).
+      const float a = std::fabs(v), v2 = v * v;
+      const float e = expApprox(-2.f * a);
+      const float big = std::copysign((1.f - e) / (1.f + e), v);
+      r = a < 0.0625f ? v * (1.f - v2 * (1.f / 3.f - v2 * (2.f / 15.f))) : big;
+      r = v != v ? v : r;
     } else {
       r = 1.f / v;
     }
@@ -207,6 +215,8 @@ UnaryFn unaryFor(int op) {
       return unaryRange<kUnaryStep>;
     case kUnaryAbs:
       return unaryRange<kUnaryAbs>;
+    case kUnaryTanh:
+      return unaryRange<kUnaryTanh>;
     default:
       return unaryRange<kUnaryReciprocal>;
   }

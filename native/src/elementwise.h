@@ -26,8 +26,9 @@ enum UnaryOp : int {
   kUnaryStep = 7,  // x > 0 ? 1 : alpha (NaN stays NaN)
   kUnaryAbs = 8,
   kUnaryReciprocal = 9,
+  kUnaryTanh = 10,
 };
-constexpr int kUnaryLast = kUnaryReciprocal;
+constexpr int kUnaryLast = kUnaryTanh;
 
 // out = op(x) elementwise; `alpha` is Step's value for x <= 0.
 void unary(int op, const float* x, float* out, int64_t n, float alpha);

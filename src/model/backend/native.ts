@@ -6,7 +6,7 @@
  * for plain products, and only where it is installed and measured faster), and the memory-bound kernels whose JS versions index element by element or call
  * a closure per element (broadcast binary ops, Sum/Mean, Slice/SplitV, Concat, Transpose, Tile,
  * PadV2, and the unary ops of training: Sigmoid, Square, Sqrt, Rsqrt, Neg, Relu, Step, Exp, Abs,
- * Reciprocal). All run on a thread pool sized by RINGDIFF_THREADS.
+ * Reciprocal, Tanh). All run on a thread pool sized by RINGDIFF_THREADS.
  *
  * Kernel outputs come from a pool of recycled buffers (`BufferPool`): allocating a fresh
  * zero-filled Float32Array per kernel cost more than many kernels themselves, and kept V8's
@@ -46,6 +46,7 @@ const UNARY = {
   step: 7,
   abs: 8,
   reciprocal: 9,
+  tanh: 10,
 } as const;
 
 let addon: KernelAddon | null = null;
@@ -728,7 +729,13 @@ function unaryImpl(op: number): Impl {
     const xv = values(backend, x);
     if (!xv) return null;
     const out = output(backend, xv.length);
-    native.unary(op, xv, out, (args.attrs?.alpha as number | undefined) ?? 0);
+    try {
+      native.unary(op, xv, out, (args.attrs?.alpha as number | undefined) ?? 0);
+    } catch (err) {
+      // An addon built before this op existed (git pull without `npm run build:native`): JS runs it.
+      if (err instanceof RangeError) return null;
+      throw err;
+    }
     return backend.makeTensorInfo([...x.shape], 'float32', out);
   };
 }
@@ -978,6 +985,7 @@ const OVERRIDES: ReadonlyArray<[string, MultiImpl]> = [
   [tf.Step, unaryImpl(UNARY.step)],
   [tf.Abs, unaryImpl(UNARY.abs)],
   [tf.Reciprocal, unaryImpl(UNARY.reciprocal)],
+  [tf.Tanh, unaryImpl(UNARY.tanh)],
   [tf.Concat, concatImpl],
   [tf.Transpose, transposeImpl],
   [tf.PadV2, padImpl],

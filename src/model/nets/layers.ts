@@ -350,7 +350,8 @@ export function geluTanh<T extends tf.Tensor>(x: T): T {
 
 const geluTanhOp = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
   const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
-  const u = tf.mul(tf.add(x, tf.mul(GELU_A, tf.pow(x, 3))), GELU_K);
+  // x·x² rather than pow(x, 3): Pow has no native kernel, Multiply and Square do.
+  const u = tf.mul(tf.add(x, tf.mul(GELU_A, tf.mul(x, tf.square(x)))), GELU_K);
   const th = tf.tanh(u);
   save([x, th]);
   return {
@@ -430,7 +431,7 @@ export function multiHeadAttention(
     tf.reshape(tf.transpose(tf.reshape(m, [b, n, heads, d]), [0, 2, 1, 3]), [b * heads, n, d]);
   const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
   const scores = tf.mul(tf.matMul(toHeads(q), toHeads(k), false, true), 1 / Math.sqrt(d));
-  const o = tf.matMul(tf.softmax(scores), toHeads(v)); // [B·heads, N, d]
+  const o = tf.matMul(softmaxLastAxis(scores), toHeads(v)); // [B·heads, N, d]
   const merged = tf.reshape(tf.transpose(tf.reshape(o, [b, heads, n, d]), [0, 2, 1, 3]), [
     b * n,
     c,
@@ -440,8 +441,35 @@ export function multiHeadAttention(
 
 /** 2×2 average pooling with stride 2: x [B, H, W, C] → [B, H/2, W/2, C] (H, W even). */
 export function avgPool2x(x: tf.Tensor4D): tf.Tensor4D {
-  return tf.avgPool(x, 2, 2, 'valid');
+  // A sum over the two window axes of a reshaped view: its gradient is a broadcast, where TF.js's
+  // AvgPoolGrad loops in JS (a quarter of an ADM U-Net step on the cpu-native backend).
+  const [b, h, w, c] = x.shape;
+  const windows = tf.reshape(x, [b * (h / 2), 2, w / 2, 2, c]);
+  return tf.reshape(tf.mul(tf.sum(windows, [1, 3]), 0.25), [b, h / 2, w / 2, c]);
 }
+
+/**
+ * Softmax over the last axis, same shape as x, with the gradient y·(dy − Σ dy·y). Built from
+ * Exp/Sub/Sum/RealDiv because TF.js's cpu Softmax calls its JS kernels directly, so a backend's
+ * faster ones (cpu-native) are never used by it.
+ */
+export function softmaxLastAxis<T extends tf.Tensor>(x: T): T {
+  return softmaxOp(x) as T;
+}
+
+const softmaxOp = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+  const e = tf.exp(tf.sub(x, tf.max(x, -1, true)));
+  const y = tf.div(e, tf.sum(e, -1, true));
+  save([y]);
+  return {
+    value: y,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [sy] = saved as [tf.Tensor];
+      return tf.mul(sy, tf.sub(dy, tf.sum(tf.mul(dy, sy), -1, true)));
+    },
+  };
+});
 
 /** Nearest-neighbour ×2 upsampling: x [B, H, W, C] → [B, 2H, 2W, C]. */
 export function upsampleNearest2x(x: tf.Tensor4D): tf.Tensor4D {
