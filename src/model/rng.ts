@@ -18,6 +18,8 @@ export const Purpose = {
   permutation: 6,
   data: 7,
   offsetNoise: 8,
+  /** Exact draws from an analytic model's data distribution (references of `bench sample`). */
+  oracle: 9,
 } as const;
 export type Purpose = (typeof Purpose)[keyof typeof Purpose];
 
