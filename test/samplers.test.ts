@@ -93,6 +93,7 @@ const ORACLE: Run[] = [
   { sampler: 'ode-rk45', tolerance: 1e-4 },
   { sampler: 'dpmpp-2m', steps: 60 },
   { sampler: 'edm-heun', steps: 60, churn: 30 },
+  { sampler: 'unipc-bh2', steps: 40 },
 ];
 
 test('the oracle table covers every sampler', () => {
@@ -194,6 +195,7 @@ test('order of convergence on the PF-ODE: Euler ≈ 1, Heun ≈ 2, DPM-Solver++(
     ['ode-euler', [16, 32, 64, 128], 0.9, 1.1],
     ['ode-heun', [16, 32, 64, 128], 1.85, 2.3],
     ['dpmpp-2m', [32, 64, 128, 256], 1.85, 2.3],
+    ['unipc-bh2', [16, 32, 64, 128], 2.5, 3.5],
   ];
   for (const [name, steps, min, max] of cases) {
     const rows = odeErrors(name, steps, 'karras');
@@ -280,6 +282,7 @@ const QUICK: Run[] = [
   { sampler: 'ode-rk45', tolerance: 1e-3 },
   { sampler: 'dpmpp-2m', steps: 20, discretization: 'trailing' },
   { sampler: 'edm-heun', steps: 10, churn: 5 },
+  { sampler: 'unipc-bh2', steps: 12, discretization: 'quadratic' },
 ];
 
 test('every sampler reports the NFE it spent (model evaluations counted)', () => {
@@ -597,4 +600,41 @@ test('CLI: ringdiff bench sample prints quality vs NFE per sampler and writes an
   const bad = cli(['bench', 'sample', '--samplers', 'ddim,nope']);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr.trim(), /^ringdiff: --samplers: unknown sampler 'nope'/);
+});
+
+test('CLI: sample.sampler and its keys drive the end-of-run samples of a job, NFE logged', () => {
+  const out = path.join(dir, 'job');
+  const r = cli([
+    'train',
+    '--set',
+    'data.dataset=toy:8gaussians',
+    '--set',
+    'model.kind=mlp',
+    '--set',
+    'model.hidden=16',
+    '--set',
+    'model.layers=1',
+    '--set',
+    'train.steps=2',
+    '--set',
+    'train.global_batch=16',
+    '--set',
+    'sample.count=40',
+    '--set',
+    'sample.sampler=edm-heun',
+    '--set',
+    'sample.steps=5',
+    '--set',
+    'sample.churn=3',
+    '--set',
+    `run.out_dir=${out}`,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const x = readNpy(path.join(out, 'samples.npy'));
+  assert.equal(x.length, 80);
+  assert.ok(x.every(Number.isFinite));
+  const line = r.stdout.split('\n').find((l) => l.includes('samples written'));
+  assert.ok(line, r.stdout.slice(-2000));
+  const rec = JSON.parse(line) as { sampler: string; nfe: number };
+  assert.deepEqual([rec.sampler, rec.nfe], ['edm-heun', 9]);
 });

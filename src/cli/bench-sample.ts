@@ -81,12 +81,14 @@ export async function benchSample(o: BenchSampleCliOptions): Promise<BenchRow[]>
     const seed = o.seed ?? 0;
     let target: BenchTarget;
     let what: string;
+    // A reference ten times the sample size: the measure then sees mostly the samples' own noise.
+    const refSize = 10 * count;
     if (cfg.model.kind === 'analytic') {
       const a = cfg.model.analytic;
       const mixture = mixtureOf(a.weights, a.means, a.std);
-      // Two exact draws, neither sharing counters with the samplers' noise (another purpose).
+      // Exact draws of another purpose than the samplers' noise: no counter is shared.
       target = {
-        reference: sampleMixture(mixture, count, seed + 1),
+        reference: sampleMixture(mixture, refSize, seed + 1),
         second: sampleMixture(mixture, count, seed + 2),
         mixture,
       };
@@ -97,14 +99,18 @@ export async function benchSample(o: BenchSampleCliOptions): Promise<BenchRow[]>
         throw new UsageError(
           `--count ${count}: the dataset ${ds.spec} has ${ds.size} examples, fewer than 2 × count`,
         );
-      const take = (first: number) => {
-        const out = new Float32Array(count * D);
-        // Every other example of an even spread: reference and second draw are disjoint.
-        for (let i = 0; i < count; i++)
-          out.set(ds.get(Math.floor((i * ds.size) / count / 2) * 2 + first).x, i * D);
+      // Examples spread evenly over the dataset: `count` of them are the second draw, the rest the reference.
+      const m = Math.min(ds.size, refSize + count);
+      const picks = Array.from({ length: m }, (_, i) => Math.floor((i * ds.size) / m));
+      const isSecond = new Uint8Array(m);
+      for (let i = 0; i < count; i++) isSecond[Math.floor((i * m) / count)] = 1;
+      const rows = (keep: number) => {
+        const chosen = picks.filter((_, i) => isSecond[i] === keep);
+        const out = new Float32Array(chosen.length * D);
+        chosen.forEach((p, i) => out.set(ds.get(p).x, i * D));
         return out;
       };
-      target = { reference: take(0), second: take(1), mixture: null };
+      target = { reference: rows(0), second: rows(1), mixture: null };
       what = `${src.what} against ${ds.spec}, ${count} samples`;
     }
     const runs = benchRuns(samplers, steps, tolerances, schedule.T);

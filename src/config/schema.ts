@@ -326,6 +326,7 @@ export const SAMPLER_NAMES = [
   'ode-rk45',
   'dpmpp-2m',
   'edm-heun',
+  'unipc-bh2',
 ] as const;
 export const DISCRETIZATION_NAMES = ['auto', 'uniform', 'quadratic', 'karras', 'trailing'] as const;
 
@@ -336,7 +337,7 @@ export const SampleSchema = z
       .enum(SAMPLER_NAMES)
       .default('ddim')
       .describe(
-        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun (see docs/samplers.md).',
+        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2 (see docs/samplers.md).',
       ),
     steps: int(1)
       .default(100)

@@ -2,8 +2,8 @@
  * `ringdiff bench sample`: quality against NFE for each sampler and step count, on one model. The
  * target is exact for the analytic model (its mixture: sliced W₂ to an exact sample, mode weights,
  * mean and covariance), and the training data for a checkpoint (sliced W₂, mean, covariance). The
- * noise floor is the same measure between two independent draws of the target: no sampler can
- * be told apart from the target below it with this many samples.
+ * noise floor is the same measure for another exact draw of the same size: below it no sampler can
+ * be told apart from the target with this many samples.
  */
 import type { Denoiser } from '../nets/denoiser.js';
 import { mixtureMoments, type Mixture } from '../nets/analytic.js';
@@ -51,10 +51,10 @@ export function benchRuns(
   return runs;
 }
 
-/** The target of a bench: reference samples (n × D), and the exact mixture when there is one. */
+/** The target of a bench: reference samples (any number × D), and the exact mixture when there is one. */
 export interface BenchTarget {
   reference: Float32Array;
-  /** A second independent draw of the target, for the noise floor. */
+  /** A second independent draw of the target, of the bench's sample size: the noise floor. */
   second: Float32Array;
   mixture: Mixture | null;
 }
@@ -168,7 +168,7 @@ export function formatBenchTable(rows: readonly BenchRow[], floor: number, what:
   const line = (cells: string[]) =>
     cells.map((c, i) => (i === 0 ? c.padEnd(w[i] as number) : c.padStart(w[i] as number))).join('  ');
   return [
-    `quality vs NFE on ${what}; SW2 noise floor (two exact draws of the target) ${fmt(floor)}`,
+    `quality vs NFE on ${what}; SW2 noise floor (an exact draw of the target, same size) ${fmt(floor)}`,
     line(head),
     ...body.map(line),
   ].join('\n');

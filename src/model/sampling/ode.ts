@@ -130,7 +130,7 @@ export function rk45Sample(
   const x0 = priorSample(model, shape, o);
   const x = Float64Array.from(x0.dataSync());
   x0.dispose();
-  /** Slopes x − D(x; e^s) of rows `idx` at inputs `xin` (idx.length × size) and log σ `s`. */
+  /** Slopes x − D(x; e^s) at inputs `xin` (s.length rows of `size`), per-row log σ `s`. */
   const slope = (xin: Float64Array, s: Float64Array): Float64Array => {
     const n = s.length;
     const k = tf.tidy(() => {

@@ -5,7 +5,6 @@
  */
 import { Purpose, stream } from '../rng.js';
 import type { Mixture } from '../nets/analytic.js';
-import { mixtureMoments } from '../nets/analytic.js';
 
 /** Sorted values of x (n × D, row-major) projected on direction θ (D values). */
 function projected(x: Float32Array, D: number, theta: Float64Array): Float64Array {
@@ -108,37 +107,4 @@ export function modeWeights(m: Mixture, x: Float32Array): number[] {
   const f = new Array<number>(m.weights.length).fill(0);
   for (const k of labels) f[k] = (f[k] as number) + 1 / Math.max(labels.length, 1);
   return f;
-}
-
-/** What a sample set says against an exact mixture target. */
-export interface OracleQuality {
-  /** Sliced W₂ to an exact sample of the same size. */
-  sw2: number;
-  /** ½ Σ_k |f_k − π_k| of the Bayes-assigned mode frequencies. */
-  modeTv: number;
-  /** ‖mean − μ‖₂. */
-  meanErr: number;
-  /** ‖Cov − Σ‖_F. */
-  covErr: number;
-}
-
-/** Quality of samples x (n × D) against mixture m, whose exact sample `ref` (n × D) is given. */
-export function oracleQuality(m: Mixture, x: Float32Array, ref: Float32Array): OracleQuality {
-  const D = m.means[0]?.length ?? 0;
-  const f = modeWeights(m, x);
-  const exact = mixtureMoments(m);
-  const got = sampleMoments(x, D);
-  let meanErr = 0;
-  let covErr = 0;
-  for (let a = 0; a < D; a++) {
-    meanErr += ((got.mean[a] as number) - (exact.mean[a] as number)) ** 2;
-    for (let b = 0; b < D; b++)
-      covErr += (((got.cov[a] as number[])[b] as number) - ((exact.cov[a] as number[])[b] as number)) ** 2;
-  }
-  return {
-    sw2: slicedWasserstein(x, ref, D),
-    modeTv: 0.5 * f.reduce((s, v, k) => s + Math.abs(v - (m.weights[k] as number)), 0),
-    meanErr: Math.sqrt(meanErr),
-    covErr: Math.sqrt(covErr),
-  };
 }

@@ -11,6 +11,7 @@ import { odeEulerSampler, odeHeunSampler, odeRk45Sampler } from './ode.js';
 import { pcLangevinSampler } from './pc.js';
 import type { Sampler } from './sampler.js';
 import { sdeEulerSampler } from './sde.js';
+import { unipcBh2Sampler } from './unipc.js';
 
 export const SAMPLER_NAMES = [
   'ddpm',
@@ -22,6 +23,7 @@ export const SAMPLER_NAMES = [
   'ode-rk45',
   'dpmpp-2m',
   'edm-heun',
+  'unipc-bh2',
 ] as const;
 export type SamplerName = (typeof SAMPLER_NAMES)[number];
 
@@ -35,6 +37,7 @@ export const SAMPLERS: Readonly<Record<SamplerName, Sampler>> = {
   'ode-rk45': odeRk45Sampler,
   'dpmpp-2m': dpmpp2mSampler,
   'edm-heun': edmHeunSampler,
+  'unipc-bh2': unipcBh2Sampler,
 };
 
 /** The sampler called `name`; throws a one-line error naming `option` otherwise. */
