@@ -155,19 +155,27 @@ const COLORS = [
   '#17becf',
 ];
 
-/** An SVG plot of sliced W₂ against NFE (both log scale), one line per sampler, the noise floor dashed. */
+/**
+ * The bench as one SVG of two panels, NFE on a log axis: sliced W₂ to the target for every run (the
+ * noise floor in grey), and the distance to the PF-ODE solution for the runs that solve it.
+ */
 export function benchPlot(rows: readonly BenchRow[], floor: number, what: string): string {
   const names = [...new Set(rows.map((r) => r.sampler))];
-  const series = names.map((name, i) => ({
-    name: name as string,
-    color: COLORS[i % COLORS.length] as string,
-    points: rows
-      .filter((r) => r.sampler === name)
-      .map((r) => [r.nfe, r.sw2] as [number, number])
-      .sort((a, b) => a[0] - b[0]),
-  }));
+  const color = (name: string) => COLORS[names.indexOf(name as SamplerName) % COLORS.length] as string;
+  const series = (value: (r: BenchRow) => number | null) =>
+    names
+      .map((name) => ({
+        name: name as string,
+        color: color(name),
+        points: rows
+          .filter((r) => r.sampler === name && value(r) !== null)
+          .map((r) => [r.nfe, value(r) as number] as [number, number])
+          .sort((a, b) => a[0] - b[0]),
+      }))
+      .filter((s) => s.points.length > 0);
   const nfes = rows.map((r) => r.nfe);
-  series.push({
+  const sw2 = series((r) => r.sw2);
+  sw2.push({
     name: 'noise floor',
     color: '#999999',
     points: [
@@ -175,14 +183,33 @@ export function benchPlot(rows: readonly BenchRow[], floor: number, what: string
       [Math.max(...nfes), floor],
     ],
   });
-  return lineChart(series, {
+  const W = 720;
+  const H = 420;
+  const top = lineChart(sw2, {
     title: `Sliced W2 to the target vs NFE (${what})`,
     xLabel: 'model evaluations per sample (NFE)',
     yLabel: 'sliced W2',
     logX: true,
     logY: true,
     markers: true,
-    width: 720,
-    height: 420,
+    width: W,
+    height: H,
   });
+  const ode = series((r) => r.odeErr);
+  const bottom = lineChart(ode, {
+    title: 'Distance to the probability-flow ODE solution of the same noise (deterministic runs)',
+    xLabel: 'model evaluations per sample (NFE)',
+    yLabel: 'RMS distance',
+    logX: true,
+    logY: true,
+    markers: true,
+    width: W,
+    height: H,
+  });
+  // Nested <svg> elements, the second moved down by one panel.
+  const place = (svg: string, y: number) =>
+    svg.startsWith('<svg')
+      ? svg.replace('<svg ', `<svg y="${y}" `)
+      : `<svg y="${y}" width="${W}" height="40"/>`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${2 * H}" viewBox="0 0 ${W} ${2 * H}">${place(top, 0)}${place(bottom, H)}</svg>`;
 }

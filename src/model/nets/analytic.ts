@@ -83,53 +83,67 @@ function componentOf(weights: readonly number[], u: number): number {
 }
 
 /**
- * E[x₀ | x₀ + σε = x] of the mixture: x [B, D], per-example σ (B values ≥ 0), labels (B values,
- * k < K: component k; K or null: the mixture). Returns [B, D].
+ * E[x₀ | x₀ + σε = x] of the mixture, on the host in float64 (a few components in a few
+ * dimensions: a loop beats a chain of small tensor ops). x: B × D row-major; per-example σ (B values
+ * ≥ 0); labels (B values, k < K: component k; K or null: the mixture). Returns B × D.
  */
+export function mixtureDenoiseHost(
+  m: Mixture,
+  x: ArrayLike<number>,
+  sigma: ArrayLike<number>,
+  labels: ArrayLike<number> | null,
+): Float64Array {
+  const K = m.weights.length;
+  const D = m.means[0]?.length ?? 0;
+  const B = sigma.length;
+  const out = new Float64Array(B * D);
+  const logr = new Float64Array(K);
+  const logw = m.weights.map(Math.log);
+  for (let i = 0; i < B; i++) {
+    const s2 = (sigma[i] as number) ** 2;
+    const y = labels ? (labels[i] as number) : K;
+    let top = -Infinity;
+    for (let k = 0; k < K; k++) {
+      if (y < K && k !== y) {
+        logr[k] = -Infinity;
+        continue;
+      }
+      const mu = m.means[k] as readonly number[];
+      const sd = m.std[k] as readonly number[];
+      let q = 0;
+      for (let d = 0; d < D; d++) {
+        const v = (sd[d] as number) ** 2 + s2;
+        q += ((x[i * D + d] as number) - (mu[d] as number)) ** 2 / v + Math.log(v);
+      }
+      logr[k] = (logw[k] as number) - 0.5 * q;
+      top = Math.max(top, logr[k] as number);
+    }
+    let z = 0;
+    for (let k = 0; k < K; k++) z += Math.exp((logr[k] as number) - top);
+    for (let k = 0; k < K; k++) {
+      const r = Math.exp((logr[k] as number) - top) / z;
+      if (r === 0) continue;
+      const mu = m.means[k] as readonly number[];
+      const sd = m.std[k] as readonly number[];
+      for (let d = 0; d < D; d++) {
+        const v = (sd[d] as number) ** 2;
+        const xd = x[i * D + d] as number;
+        out[i * D + d] =
+          (out[i * D + d] as number) + r * ((mu[d] as number) + (v / (v + s2)) * (xd - (mu[d] as number)));
+      }
+    }
+  }
+  return out;
+}
+
+/** `mixtureDenoiseHost` on tensors: x [B, D] → [B, D]. */
 export function mixtureDenoise(
   m: Mixture,
   x: tf.Tensor,
   sigma: ArrayLike<number>,
   labels: Int32Array | null,
 ): tf.Tensor {
-  return tf.tidy(() => {
-    const K = m.weights.length;
-    const B = sigma.length;
-    const mu = tf.tensor(m.means.flat(), [1, K, m.means[0]?.length ?? 0]);
-    const s2 = tf.square(tf.tensor(m.std.flat(), mu.shape));
-    const sig2 = tf.tensor(
-      Float32Array.from(sigma, (v) => v * v),
-      [B, 1, 1],
-    );
-    const v = tf.add(s2, sig2); // [B, K, D]
-    const diff = tf.sub(tf.expandDims(x, 1), mu); // [B, K, D]
-    const q = tf.sum(tf.add(tf.div(tf.square(diff), v), tf.log(v)), 2); // [B, K]
-    const logits = tf.sub(
-      tf.log(
-        tf.tensor(
-          m.weights.map((w) => w),
-          [1, K],
-        ),
-      ),
-      tf.mul(0.5, q),
-    );
-    let r = tf.softmax(logits, 1);
-    if (labels) {
-      // Label k < K: the component's own posterior mean; the null class K: the mixture's.
-      const oneHot = new Float32Array(B * K);
-      const cond = new Float32Array(B);
-      labels.forEach((y, i) => {
-        if (y < K) {
-          oneHot[i * K + y] = 1;
-          cond[i] = 1;
-        }
-      });
-      const c = tf.tensor(cond, [B, 1]);
-      r = tf.add(tf.mul(c, tf.tensor(oneHot, [B, K])), tf.mul(tf.sub(1, c), r));
-    }
-    const means = tf.add(mu, tf.mul(tf.div(s2, v), diff)); // [B, K, D]
-    return tf.sum(tf.mul(tf.expandDims(r, 2), means), 1);
-  });
+  return tf.tensor(Float32Array.from(mixtureDenoiseHost(m, x.dataSync(), sigma, labels)), x.shape, 'float32');
 }
 
 /** The analytic denoiser as a network of `prediction` on schedule `schedule` (vector data [D]). */
@@ -164,19 +178,34 @@ export class AnalyticDenoiser implements Denoiser {
   /** The prediction target at x_t ([B, D]) for timesteps t ([B], fractional allowed), labels y or null. */
   apply(_params: Params, x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D | null): tf.Tensor {
     const ts = t.dataSync();
-    const labels = y ? Int32Array.from(y.dataSync()) : null;
-    return tf.tidy(() => {
-      const B = ts.length;
-      const sigma = Float64Array.from(ts, (v) => sigmaAtTimestep(this.sigmas, v));
-      const col = (f: (s: number) => number) => tf.tensor(Float32Array.from(sigma, f), [B, 1]);
-      const a = col((s) => 1 / Math.sqrt(1 + s * s)); // √ᾱ
-      const b = col((s) => s / Math.sqrt(1 + s * s)); // √(1−ᾱ)
-      const xs = tf.div(x, a); // x₀ + σε
-      const x0 = mixtureDenoise(this.mixture, xs, sigma, labels);
-      if (this.prediction === 'x0') return x0;
-      const eps = tf.div(tf.sub(x, tf.mul(a, x0)), b);
-      if (this.prediction === 'eps') return eps;
-      return tf.sub(tf.mul(a, eps), tf.mul(b, x0));
-    });
+    const labels = y ? y.dataSync() : null;
+    const xt = x.dataSync();
+    const B = ts.length;
+    const D = this.dataShape[0] as number;
+    const sigma = Float64Array.from(ts, (v) => sigmaAtTimestep(this.sigmas, v));
+    // x_t = a·(x₀ + σε) with a = √ᾱ = 1/√(1+σ²), b = √(1−ᾱ) = σa.
+    const xs = new Float64Array(B * D);
+    for (let i = 0; i < B; i++) {
+      const inv = Math.sqrt(1 + (sigma[i] as number) ** 2);
+      for (let d = 0; d < D; d++) xs[i * D + d] = (xt[i * D + d] as number) * inv;
+    }
+    const x0 = mixtureDenoiseHost(this.mixture, xs, sigma, labels);
+    const out = new Float32Array(B * D);
+    for (let i = 0; i < B; i++) {
+      const s = sigma[i] as number;
+      const a = 1 / Math.sqrt(1 + s * s);
+      const b = s * a;
+      for (let d = 0; d < D; d++) {
+        const j = i * D + d;
+        const eps = ((xt[j] as number) - a * (x0[j] as number)) / b;
+        out[j] =
+          this.prediction === 'x0'
+            ? (x0[j] as number)
+            : this.prediction === 'eps'
+              ? eps
+              : a * eps - b * (x0[j] as number);
+      }
+    }
+    return tf.tensor(out, x.shape, 'float32');
   }
 }

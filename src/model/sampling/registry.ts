@@ -9,7 +9,7 @@ import { dpmpp2mSampler } from './dpmsolver.js';
 import { edmHeunSampler } from './karras.js';
 import { odeEulerSampler, odeHeunSampler, odeRk45Sampler } from './ode.js';
 import { pcLangevinSampler } from './pc.js';
-import type { Sampler } from './sampler.js';
+import type { Sampler, SamplerSettings } from './sampler.js';
 import { sdeEulerSampler } from './sde.js';
 import { unipcBh2Sampler } from './unipc.js';
 
@@ -45,4 +45,11 @@ export function samplerNamed(name: string, option = 'sample.sampler'): Sampler {
   if (!(SAMPLER_NAMES as readonly string[]).includes(name))
     throw new Error(`${option}: unknown sampler '${name}' (known: ${SAMPLER_NAMES.join(', ')})`);
   return SAMPLERS[name as SamplerName];
+}
+
+/** Whether a run of `name` with `settings` draws no noise after x at σ_max (it solves the PF-ODE). */
+export function isDeterministic(name: SamplerName, settings: SamplerSettings): boolean {
+  if (name === 'ddim') return settings.eta === 0;
+  if (name === 'edm-heun') return settings.churn === 0;
+  return !SAMPLERS[name].stochastic;
 }

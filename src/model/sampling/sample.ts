@@ -38,12 +38,21 @@ export interface SampleRequest extends Partial<Omit<SamplerSettings, 'steps' | '
 
 /** The sampler settings of a request (unset keys take `DEFAULT_SETTINGS`). */
 export function settingsOf(req: SampleRequest): SamplerSettings {
-  const out: SamplerSettings = { ...DEFAULT_SETTINGS, steps: req.steps, eta: req.eta, sigma: req.sigma };
-  for (const k of Object.keys(DEFAULT_SETTINGS) as (keyof SamplerSettings)[]) {
-    const v = req[k as keyof SampleRequest];
-    if (v !== undefined && k !== 'steps' && k !== 'eta' && k !== 'sigma') Object.assign(out, { [k]: v });
-  }
-  return out;
+  const d = DEFAULT_SETTINGS;
+  return {
+    steps: req.steps,
+    eta: req.eta,
+    sigma: req.sigma,
+    discretization: req.discretization ?? d.discretization,
+    rho: req.rho ?? d.rho,
+    churn: req.churn ?? d.churn,
+    churnSigmaMin: req.churnSigmaMin ?? d.churnSigmaMin,
+    churnSigmaMax: req.churnSigmaMax ?? d.churnSigmaMax,
+    churnNoise: req.churnNoise ?? d.churnNoise,
+    snr: req.snr ?? d.snr,
+    correctorSteps: req.correctorSteps ?? d.correctorSteps,
+    tolerance: req.tolerance ?? d.tolerance,
+  };
 }
 
 /** The sampler settings of a job's `sample` section (T: its timesteps; DDIM's steps are capped at T). */
