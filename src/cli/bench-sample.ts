@@ -27,6 +27,7 @@ import { lineChart } from '../telemetry/report.js';
 import { UsageError } from './common.js';
 import { loadSampleModel, samplerOption, settingsFromCli, type SamplerCliOptions } from './sample.js';
 
+/** The options of `bench sample` (commander names; lists as comma-separated strings). */
 export interface BenchSampleCliOptions extends Omit<SamplerCliOptions, 'steps' | 'tolerance' | 'sampler'> {
   checkpoint?: string;
   config?: string;

@@ -34,6 +34,7 @@ export interface SamplerCliOptions {
   tolerance?: number;
 }
 
+/** The options of `ringdiff sample`. */
 export interface SampleOptions extends SamplerCliOptions {
   checkpoint?: string;
   config?: string;

@@ -111,6 +111,7 @@ function meanOf(x: Float32Array, D: number): number[] {
   return m;
 }
 
+/** A bench: the model (weights, schedule, target kind), the target, the runs and their common settings. */
 export interface SampleBenchOptions {
   model: Denoiser;
   params: Params;

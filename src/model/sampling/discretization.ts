@@ -6,6 +6,7 @@
  */
 import { sigmaAtTimestep, timestepAtSigma } from '../diffusion/sigmas.js';
 
+/** Every discretisation by name (the config adds `auto`). */
 export const DISCRETIZATIONS = ['uniform', 'quadratic', 'karras', 'trailing'] as const;
 /**
  * uniform: evenly spaced in time, both ends included (DDIM's strided timesteps);

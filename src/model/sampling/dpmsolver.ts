@@ -13,6 +13,7 @@ export function multistepDenoised(d: tf.Tensor, dPrev: tf.Tensor, r: number): tf
   return tf.sub(tf.mul(1 + 1 / (2 * r), d), tf.mul(1 / (2 * r), dPrev));
 }
 
+/** `dpmpp-2m`: N steps, N evaluations, karras levels by default. */
 export const dpmpp2mSampler: Sampler = {
   name: 'dpmpp-2m',
   title: 'DPM-Solver++(2M) (Lu et al. 2022), multistep second order, data prediction',

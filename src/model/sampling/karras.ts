@@ -20,6 +20,7 @@ export function churnGamma(
   return Math.min(st.churn / N, Math.SQRT2 - 1);
 }
 
+/** `edm-heun`: N Heun steps, 2N − 1 evaluations, karras levels by default, churn from the settings. */
 export const edmHeunSampler: Sampler = {
   name: 'edm-heun',
   title: 'Karras et al. 2022 Heun (Algorithm 2): ρ-spaced σ, optional churn',

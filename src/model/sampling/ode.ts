@@ -33,6 +33,7 @@ export function heunStep(
   return tf.add(x, tf.mul((sigmaNext - sigma) / 2, slope));
 }
 
+/** `ode-euler`: N Euler steps in σ, N evaluations. */
 export const odeEulerSampler: Sampler = {
   name: 'ode-euler',
   title: 'probability-flow ODE, Euler in σ (= DDIM η = 0 on the same grid)',
@@ -55,6 +56,7 @@ export const odeEulerSampler: Sampler = {
   },
 };
 
+/** `ode-heun`: N Heun steps in σ, 2N − 1 evaluations. */
 export const odeHeunSampler: Sampler = {
   name: 'ode-heun',
   title: "probability-flow ODE, Heun's second-order method in σ",
@@ -220,6 +222,7 @@ export function rk45Sample(
   return { x: out, nfe: B === 0 ? 0 : total / B };
 }
 
+/** `ode-rk45`: adaptive, `tolerance` = rtol = atol; NFE is the mean over samples. */
 export const odeRk45Sampler: Sampler = {
   name: 'ode-rk45',
   title: 'probability-flow ODE, adaptive Dormand–Prince RK45 in log σ (rtol = atol = tolerance)',

@@ -19,6 +19,7 @@ export function langevinStep(snr: number, sigma: number): number {
   return 2 * (snr * sigma) ** 2;
 }
 
+/** `pc-langevin`: N levels, M corrector steps each, N(1 + M) evaluations. */
 export const pcLangevinSampler: Sampler = {
   name: 'pc-langevin',
   title: 'predictor–corrector: reverse-diffusion predictor + Langevin corrector (snr r)',

@@ -13,6 +13,7 @@ import type { Sampler, SamplerSettings } from './sampler.js';
 import { sdeEulerSampler } from './sde.js';
 import { unipcBh2Sampler } from './unipc.js';
 
+/** Every sampler name, in the order of help texts and benches. */
 export const SAMPLER_NAMES = [
   'ddpm',
   'ddim',
@@ -25,8 +26,10 @@ export const SAMPLER_NAMES = [
   'edm-heun',
   'unipc-bh2',
 ] as const;
+/** A name of SAMPLER_NAMES. */
 export type SamplerName = (typeof SAMPLER_NAMES)[number];
 
+/** The sampler of each name. */
 export const SAMPLERS: Readonly<Record<SamplerName, Sampler>> = {
   ddpm: ddpmSampler,
   ddim: ddimSampler,

@@ -14,6 +14,7 @@ import { DEFAULT_SETTINGS, type SamplerSettings, type SigmaModel } from './sampl
 import { vpSigmaModel } from './sigma-model.js';
 import type { SampleConfig } from '../../config/schema.js';
 
+/** A sample set to draw: count, sampler and its settings, guidance and labels, seed, chunking. */
 export interface SampleRequest extends Partial<Omit<SamplerSettings, 'steps' | 'eta' | 'sigma'>> {
   count: number;
   sampler: SamplerName;

@@ -13,6 +13,7 @@ export function scoreOf(x: tf.Tensor, d0: tf.Tensor, sigma: number): tf.Tensor {
   return tf.div(tf.sub(d0, x), sigma * sigma);
 }
 
+/** `sde-euler`: N Euler–Maruyama steps in σ, N evaluations. */
 export const sdeEulerSampler: Sampler = {
   name: 'sde-euler',
   title: 'reverse-time SDE, Euler–Maruyama in σ, final denoising step',

@@ -86,6 +86,37 @@ export function vpSigmaModel(o: {
   };
 }
 
+/**
+ * The σ-space view of a continuous-time model that already is a denoiser D(x; σ) over
+ * [sigmaMin, sigmaMax] — a VE model (Song et al. 2021b: σ(u) = σ_min (σ_max/σ_min)^u, the time grid
+ * used here) or an EDM model with its preconditioning inside `denoise`. It has no discrete view:
+ * DDPM and DDIM refuse it. x at σ_max is N(0, σ_max²), as for VE/EDM.
+ */
+export function continuousSigmaModel(o: {
+  denoise: (x: tf.Tensor, sigma: ArrayLike<number>) => tf.Tensor;
+  sigmaMin: number;
+  sigmaMax: number;
+}): SigmaModel {
+  if (!(o.sigmaMin > 0 && o.sigmaMax > o.sigmaMin))
+    throw new Error(`σ range must satisfy 0 < σ_min < σ_max, got ${o.sigmaMin}…${o.sigmaMax}`);
+  const { sigmaMin, sigmaMax } = o;
+  return {
+    sigmaMin,
+    sigmaMax,
+    timesteps: null,
+    priorStd: sigmaMax,
+    sigmaAt: (u) => sigmaMin * (sigmaMax / sigmaMin) ** u,
+    discrete: null,
+    denoise: (x, sigma) =>
+      tf.tidy(() =>
+        o.denoise(
+          x,
+          Array.from(sigma, (v) => Math.min(Math.max(v, sigmaMin), sigmaMax)),
+        ),
+      ),
+  };
+}
+
 /** A SigmaModel that counts calls to `denoise` (and to the discrete view): for tests and benches. */
 export function countingModel(m: SigmaModel): { model: SigmaModel; calls: () => number } {
   let n = 0;

@@ -26,6 +26,7 @@ export function unipcCoefficients(h: number): { hPhi1: number; bh: number; b1: n
 /** λ = −log σ (log-SNR / 2 in σ terms). */
 const lam = (sigma: number) => -Math.log(sigma);
 
+/** `unipc-bh2`: N steps, N evaluations, karras levels by default. */
 export const unipcBh2Sampler: Sampler = {
   name: 'unipc-bh2',
   title: 'UniPC-2 (Zhao et al. 2023), B(h) = e^h − 1: multistep predictor + free corrector',
