@@ -32,6 +32,7 @@ import { initialNoise } from '../src/model/sampling/noise.js';
 import { assignModes } from '../src/model/sampling/quality.js';
 import type { Prediction } from '../src/model/diffusion/prediction.js';
 import type { Params } from '../src/model/params.js';
+import type { Denoiser } from '../src/model/nets/denoiser.js';
 import { samplerFromCli, type SamplerCliOptions } from '../src/cli/sample.js';
 import { UsageError } from '../src/cli/common.js';
 
@@ -310,6 +311,45 @@ test('a continuous-time (VE/EDM-style) model plugs into every σ-space sampler; 
       () => SAMPLERS[name].run(model, [4, 1], { seed: 0, settings: DEFAULT_SETTINGS }),
       new RegExp(`sample\\.sampler: ${name} needs a model trained on discrete timesteps`),
     );
+});
+
+test('σ-space samplers drop a learned variance’s channels, with and without guidance', () => {
+  // The analytic network with a variance channel appended: the samples must not change.
+  const inner = new AnalyticDenoiser(MIX, S, 'v', 3);
+  const withVar: Denoiser = {
+    dataShape: inner.dataShape,
+    numClasses: inner.numClasses,
+    init: () => new Map(),
+    apply: (p, x, t, y) =>
+      tf.tidy(() => {
+        const o = inner.apply(p, x, t, y);
+        return tf.concat([o, tf.fill(o.shape, 0.7)], 1);
+      }),
+  };
+  for (const guidance of [0, 1.5]) {
+    const req = request({ sampler: 'dpmpp-2m', steps: 8 }, 12, { prediction: 'v', guidance, classLabel: 1 });
+    const a = drawSamples(inner, new Map(), S, req);
+    const b = drawSamples(withVar, new Map(), S, { ...req, learnSigma: true });
+    assert.deepEqual(b, a, `guidance ${guidance}`);
+  }
+});
+
+test('zero terminal SNR: σ-space samplers start at the clamped σ_max and reach the target (v-prediction)', (tc) => {
+  const s = scheduleFor('linear', 1000, true);
+  const n = 3000;
+  // σ_max is ≈ 3·10⁴ here (ᾱ_{T−1} = 0 replaced): a karras grid spends most levels far above the data
+  // scale, so this takes ~4x the steps of the plain schedule (40 steps: +17 % variance; docs/samplers.md).
+  for (const r of [
+    { sampler: 'dpmpp-2m', steps: 150 },
+    { sampler: 'ode-rk45', tolerance: 1e-4 },
+  ] as Run[]) {
+    const { samples } = draw(GAUSS, r, n, { prediction: 'v' }, s);
+    const { mean, variance } = meanVar(samples);
+    tc.diagnostic(`${r.sampler}: mean ${fmt(mean)}, variance/σ² ${fmt(variance / SD ** 2)}`);
+    assert.ok(samples.every(Number.isFinite));
+    assert.ok(Math.abs(mean - MU) < (Z * SD) / Math.sqrt(n), `${r.sampler} mean ${mean}`);
+    assert.ok(Math.abs(variance / SD ** 2 - 1) < Z * Math.sqrt(2 / n), `${r.sampler} variance ${variance}`);
+  }
 });
 
 const SMALL = scheduleFor('linear', 100);
