@@ -40,6 +40,8 @@ export interface BenchSampleCliOptions extends Omit<SamplerCliOptions, 'steps' |
   chunk?: number;
   plot?: string;
   json?: boolean;
+  /** false (--no-ode-error): skip the PF-ODE reference run (costly for a large network). */
+  odeError?: boolean;
   backend?: string;
 }
 
@@ -82,8 +84,9 @@ export async function benchSample(o: BenchSampleCliOptions): Promise<BenchRow[]>
     const seed = o.seed ?? 0;
     let target: BenchTarget;
     let what: string;
-    // A reference ten times the sample size: the measure then sees mostly the samples' own noise.
-    const refSize = 10 * count;
+    // A reference ten times the sample size, the measure then sees mostly the samples' own noise;
+    // at most 2.5e7 values (100 MB) for images.
+    const refSize = Math.max(count, Math.min(10 * count, Math.floor(2.5e7 / D)));
     if (cfg.model.kind === 'analytic') {
       const a = cfg.model.analytic;
       const mixture = mixtureOf(a.weights, a.means, a.std);
@@ -128,6 +131,7 @@ export async function benchSample(o: BenchSampleCliOptions): Promise<BenchRow[]>
       seed,
       chunk: o.chunk ?? 4096,
       settings,
+      odeReference: o.odeError !== false,
       log: o.json ? undefined : (line) => process.stderr.write(`${line}\n`),
     });
     const floor = slicedWasserstein(target.second, target.reference, D);

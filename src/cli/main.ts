@@ -237,6 +237,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--seed <s>', 'sampling seed', intOption('--seed', 0), 0)
     .option('--chunk <n>', 'samples per model call', intOption('--chunk', 1), 4096)
     .option('--plot <file>', 'SVG plot of quality vs NFE', 'bench-sample.svg')
+    .option('--no-ode-error', 'skip the distance to the PF-ODE solution (one ode-rk45 run at tolerance 1e-6)')
     .option('--json', 'print one JSON document instead of the table');
   samplerOptions(benchSampleCmd, true)
     .showHelpAfterError(false)

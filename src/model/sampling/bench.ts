@@ -126,6 +126,8 @@ export interface SampleBenchOptions {
   chunk: number;
   /** Settings other than steps and tolerance (discretisation, ρ, churn, snr, …). */
   settings: SamplerSettings;
+  /** Measure deterministic runs against the PF-ODE solution (costs one ode-rk45 run at 1e-6). */
+  odeReference?: boolean;
   log?: (line: string) => void;
 }
 
@@ -155,7 +157,7 @@ export function runSampleBench(o: SampleBenchOptions): BenchRow[] {
       : 'auto',
   });
   let reference: Float32Array | null = null;
-  if (o.runs.some((r) => isDeterministic(r.sampler, settingsFor(r)))) {
+  if (o.odeReference !== false && o.runs.some((r) => isDeterministic(r.sampler, settingsFor(r)))) {
     const ref = { sampler: 'ode-rk45' as const, steps: null, tolerance: ODE_REFERENCE_TOLERANCE };
     reference = draw(ref, settingsFor(ref)).samples;
     o.log?.(`PF-ODE reference: ode-rk45 at tolerance ${ODE_REFERENCE_TOLERANCE}`);
