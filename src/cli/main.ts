@@ -2,6 +2,10 @@
 import { Command, Option } from 'commander';
 import { collect, intOption, numberOption } from './common.js';
 
+// Spelled out here so that `--help` needs no TF.js import; a test keeps it equal to the registry.
+const SAMPLER_LIST =
+  'ddpm, ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45, dpmpp-2m, edm-heun or unipc-bh2';
+
 /** Parses argv and runs the chosen command. */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('ringdiff')
@@ -33,21 +37,58 @@ export async function main(argv: string[]): Promise<void> {
       await train(o);
     });
 
-  program
+  /** The sampler options of `sample` and `bench sample` (absent = the sampler's default). */
+  const samplerOptions = (c: Command, many: boolean) =>
+    c
+      .option(
+        '--discretization <d>',
+        "noise levels: auto (the sampler's own), uniform, quadratic, karras, trailing",
+      )
+      .option('--rho <r>', 'ρ of the karras discretisation (default 7)', numberOption('--rho'))
+      .option('--churn <s>', 'edm-heun S_churn (default 0: deterministic)', numberOption('--churn'))
+      .option('--churn-sigma-min <s>', 'edm-heun S_tmin (default 0)', numberOption('--churn-sigma-min'))
+      .option('--churn-sigma-max <s>', 'edm-heun S_tmax (default ∞)', numberOption('--churn-sigma-max'))
+      .option('--churn-noise <s>', 'edm-heun S_noise (default 1)', numberOption('--churn-noise'))
+      .option(
+        '--snr <r>',
+        'pc-langevin corrector signal-to-noise ratio (default 0.16)',
+        numberOption('--snr'),
+      )
+      .option(
+        '--corrector-steps <m>',
+        'pc-langevin corrector steps per level (default 1)',
+        intOption('--corrector-steps', 0),
+      )
+      .addOption(
+        many
+          ? new Option('--tolerance <list>', 'ode-rk45 tolerances, e.g. 1e-2,1e-3 (default 1e-2,1e-3,1e-4)')
+          : new Option('--tolerance <tol>', 'ode-rk45 rtol = atol (default 1e-5)').argParser(
+              numberOption('--tolerance'),
+            ),
+      );
+
+  const sampleCmd = program
     .command('sample')
-    .description('draw samples from a checkpoint into a .png picture or a float32 .npy array')
-    .requiredOption('--checkpoint <dir>', 'checkpoint directory (ckpt-<step>)')
+    .description(
+      'draw samples from a checkpoint, or from an analytic model (--config with model.kind: analytic), into a .png picture or a float32 .npy array',
+    )
+    .option('--checkpoint <dir>', 'checkpoint directory (ckpt-<step>)')
+    .option('-c, --config <file>', 'a config with model.kind: analytic (no checkpoint needed)')
+    .option('--set <key=value>', 'override a key of --config (repeatable)', collect, [])
     .requiredOption('--out <file>', 'output file: .png (image grid / scatter plot) or .npy')
     .option('--count <n>', 'number of samples', intOption('--count', 1), 64)
-    .option('--sampler <name>', 'ddpm or ddim', 'ddpm')
-    .option('--steps <k>', 'DDIM steps (DDPM always runs all T)', intOption('--steps', 1))
-    .option('--eta <e>', 'DDIM η (0 = deterministic)', numberOption('--eta'), 0)
+    .option('--sampler <name>', `${SAMPLER_LIST} (default ddpm)`)
+    .option('--steps <k>', 'sampler steps (default 50; DDPM always runs all T)', intOption('--steps', 1))
+    .option('--eta <e>', 'DDIM η (default 0 = deterministic)', numberOption('--eta'))
     .option('--guidance <w>', 'classifier-free guidance weight w', numberOption('--guidance'), 0)
     .option('--class <c>', 'class of every sample (default: cycle through classes)', intOption('--class', 0))
     .option('--seed <s>', 'sampling seed', intOption('--seed', 0), 0)
     .option('--ema', 'use the EMA weights (default)', true)
     .option('--raw', 'use the raw (non-EMA) weights')
-    .option('--chunk <n>', 'samples per model call', intOption('--chunk', 1), 256)
+    .option('--chunk <n>', 'samples per model call', intOption('--chunk', 1), 256);
+  samplerOptions(sampleCmd, false)
+    // A bad value (--steps 0) is one line naming the option, not the whole help.
+    .showHelpAfterError(false)
     .addOption(backendOpt())
     .option('--no-progress', 'no progress bar')
     .action(async (o) => {
@@ -177,6 +218,33 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (o) => {
       const { benchAllreduce } = await import('./bench.js');
       await benchAllreduce(o);
+    });
+
+  const benchSampleCmd = bench
+    .command('sample')
+    .description(
+      'quality vs NFE of every sampler on the analytic oracle (default) or a checkpoint: a table, and an SVG plot',
+    )
+    .option('--checkpoint <dir>', 'a trained checkpoint (quality against its dataset, read as in training)')
+    .option(
+      '-c, --config <file>',
+      'a config with model.kind: analytic (default: the built-in 8-Gaussian mixture)',
+    )
+    .option('--set <key=value>', 'override a key of --config (repeatable)', collect, [])
+    .option('--samplers <list>', 'comma-separated samplers (default: all)')
+    .option('--steps <list>', 'step counts, e.g. 5,10,20,50 (default 5,10,20,50,100)')
+    .option('--count <n>', 'samples per run (default 2000)', intOption('--count', 2))
+    .option('--seed <s>', 'sampling seed', intOption('--seed', 0), 0)
+    .option('--chunk <n>', 'samples per model call', intOption('--chunk', 1), 4096)
+    .option('--plot <file>', 'SVG plot of quality vs NFE', 'bench-sample.svg')
+    .option('--no-ode-error', 'skip the distance to the PF-ODE solution (one ode-rk45 run at tolerance 1e-6)')
+    .option('--json', 'print one JSON document instead of the table');
+  samplerOptions(benchSampleCmd, true)
+    .showHelpAfterError(false)
+    .addOption(backendOpt())
+    .action(async (o) => {
+      const { benchSample } = await import('./bench-sample.js');
+      await benchSample(o);
     });
 
   const data = program.command('data').description('dataset tools');

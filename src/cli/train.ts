@@ -10,7 +10,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { closeJob, openJob, runPath, type Job } from '../job/job.js';
 import { saveCheckpoint } from '../job/snapshot.js';
 import { trainStep } from '../job/step.js';
-import { drawSamples } from '../model/sampling/sample.js';
+import { configSettings, sampleSet } from '../model/sampling/sample.js';
 import { DEFAULT_DATASET_MODULE, Prefetcher } from '../data/prefetch.js';
 import { writeSamplesPng } from '../data/image.js';
 import { writeNpyFloat32 } from '../data/npy.js';
@@ -46,11 +46,10 @@ export async function writeSamplesFrom(
   if (n === 0) return;
   const t0 = Date.now();
   const images = model.dataShape.length === 3;
-  const data = drawSamples(model, ema, schedule, {
+  const { samples: data, nfe } = sampleSet(model, ema, schedule, {
+    ...configSettings(sc, schedule.T),
     count: n,
     sampler: sc.sampler,
-    steps: Math.min(sc.steps, schedule.T),
-    eta: sc.eta,
     // Unconditional models have nothing to guide; the default w is for the default (conditional) job.
     guidance: model.numClasses > 0 ? sc.guidance : 0,
     classLabel: null,
@@ -64,7 +63,10 @@ export async function writeSamplesFrom(
   const shape = [n, ...model.dataShape];
   await writeNpyFloat32(runPath(cfg, 'samples.npy'), data, shape);
   await writeSamplesPng(runPath(cfg, 'samples.png'), data, shape);
-  log.info({ count: n, ms: Date.now() - t0, file: runPath(cfg, 'samples.png') }, 'samples written');
+  log.info(
+    { count: n, sampler: sc.sampler, nfe, ms: Date.now() - t0, file: runPath(cfg, 'samples.png') },
+    'samples written',
+  );
 }
 
 /**

@@ -23,6 +23,8 @@ export interface DatasetFacts {
  * classes than the data has labels, is a one-line error naming the key.
  */
 export function resolveForDataset(cfg: Config, ds: DatasetFacts): ResolvedConfig {
+  // The analytic model's data is its mixture, not the dataset.
+  if (cfg.model.kind === 'analytic') return resolveAnalytic(cfg);
   // A DiT's shape is written out in full, so checkpoints and workers see numbers, not a preset alone.
   if (cfg.model.kind === 'dit')
     cfg = { ...cfg, model: { ...cfg.model, dit: { ...resolveDit(cfg.model.dit) } } };
@@ -36,6 +38,24 @@ export function resolveForDataset(cfg: Config, ds: DatasetFacts): ResolvedConfig
   if (want > 0 && want < ds.numClasses)
     throw new ConfigError(
       `model.num_classes: ${want}, but dataset ${spec} has labels 0…${ds.numClasses - 1} (use ${ds.numClasses} or auto)`,
+    );
+  return { ...cfg, model: { ...cfg.model, num_classes: want } };
+}
+
+/**
+ * A config of `model.kind: analytic`, which needs no dataset: num_classes auto means 0
+ * (unconditional); a number must be 0 or the number of components (labels = components).
+ */
+export function resolveAnalytic(cfg: Config): ResolvedConfig {
+  if (cfg.model.kind !== 'analytic')
+    throw new ConfigError(
+      `model.kind: ${cfg.model.kind} is a trained network; only analytic needs no dataset`,
+    );
+  const K = cfg.model.analytic.means.length;
+  const want = cfg.model.num_classes === 'auto' ? 0 : cfg.model.num_classes;
+  if (want !== 0 && want !== K)
+    throw new ConfigError(
+      `model.num_classes: ${want}, but the analytic mixture has ${K} components (use 0, or ${K}: label = component)`,
     );
   return { ...cfg, model: { ...cfg.model, num_classes: want } };
 }

@@ -88,12 +88,63 @@ export const DitSchema = z
   })
   .prefault({});
 
+/** Centres of toy:8gaussians (radius 2, angles 2πk/8): the default analytic mixture is that dataset. */
+const EIGHT_CENTRES = Array.from({ length: 8 }, (_, k) => [
+  2 * Math.cos((2 * Math.PI * k) / 8),
+  2 * Math.sin((2 * Math.PI * k) / 8),
+]);
+
+/** An isotropic std per component, or a vector per component (diagonal covariance). */
+const StdSchema = z.union([
+  z.number().positive(),
+  z.array(z.union([z.number().positive(), z.array(z.number().positive()).min(1)])).min(1),
+]);
+
+export const AnalyticSchema = z
+  .strictObject({
+    weights: z
+      .array(z.number().positive())
+      .min(1)
+      .default(new Array<number>(8).fill(1 / 8))
+      .describe('Mixture weights π_k, positive, summing to 1 (default: toy:8gaussians).'),
+    means: z
+      .array(z.array(z.number()).min(1))
+      .min(1)
+      .default(EIGHT_CENTRES)
+      .describe('Component means μ_k, one list of D numbers each (D = the data dimension).'),
+    std: StdSchema.default(0.1).describe(
+      'Component std: one number for all, one per component (isotropic), or one list of D per component (diagonal).',
+    ),
+  })
+  .superRefine((a, ctx) => {
+    const K = a.means.length;
+    const D = a.means[0]?.length ?? 0;
+    const issue = (path: (string | number)[], message: string) =>
+      ctx.addIssue({ code: 'custom', path, message });
+    if (a.weights.length !== K) issue(['weights'], `has ${a.weights.length} weights for ${K} means`);
+    const sum = a.weights.reduce((x, y) => x + y, 0);
+    if (Math.abs(sum - 1) > 1e-6) issue(['weights'], `must sum to 1, got ${sum}`);
+    a.means.forEach((m, k) => {
+      if (m.length !== D) issue(['means', k], `has ${m.length} coordinates, means.0 has ${D}`);
+    });
+    if (typeof a.std !== 'number') {
+      if (a.std.length !== K) issue(['std'], `has ${a.std.length} entries for ${K} components`);
+      a.std.forEach((v, k) => {
+        if (typeof v !== 'number' && v.length !== D)
+          issue(['std', k], `has ${v.length} values for data of dimension ${D}`);
+      });
+    }
+  })
+  .prefault({});
+
 export const ModelSchema = z
   .strictObject({
     kind: z
-      .enum(['unet', 'mlp', 'dit'])
+      .enum(['unet', 'mlp', 'dit', 'analytic'])
       .default('unet')
-      .describe('Denoiser: unet for images, dit (diffusion transformer) for images, mlp for 2-D data.'),
+      .describe(
+        'Denoiser: unet or dit (diffusion transformer) for images, mlp for 2-D data, analytic = the exact denoiser of the Gaussian mixture model.analytic (not trained; for sample and bench sample).',
+      ),
     channels: z
       .union([
         z.array(int(1)).min(1),
@@ -156,6 +207,7 @@ export const ModelSchema = z
         'Probability of replacing the label by the null class in training (0.1, as in Ho & Salimans 2022).',
       ),
     dit: DitSchema.describe('Shape of the DiT (model.kind: dit).'),
+    analytic: AnalyticSchema.describe('The Gaussian mixture of model.kind: analytic.'),
   })
   .prefault({});
 
@@ -310,16 +362,36 @@ export const TrainSchema = z
   })
   .prefault({});
 
+// Mirrors SAMPLER_NAMES and DISCRETIZATIONS of src/model/sampling (a test keeps them equal; config
+// does not import the model). Stored in checkpoints: a name never changes meaning (docs/design.md §8).
+export const SAMPLER_NAMES = [
+  'ddpm',
+  'ddim',
+  'sde-euler',
+  'pc-langevin',
+  'ode-euler',
+  'ode-heun',
+  'ode-rk45',
+  'dpmpp-2m',
+  'edm-heun',
+  'unipc-bh2',
+] as const;
+export const DISCRETIZATION_NAMES = ['auto', 'uniform', 'quadratic', 'karras', 'trailing'] as const;
+
 export const SampleSchema = z
   .strictObject({
     count: int(0).default(100).describe('Samples drawn from the EMA at the end of training (0 = none).'),
     sampler: z
-      .enum(['ddpm', 'ddim'])
+      .enum(SAMPLER_NAMES)
       .default('ddim')
-      .describe('End-of-run sampler: ddpm (all T steps) or ddim (sample.steps strided steps).'),
+      .describe(
+        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2 (see docs/samplers.md).',
+      ),
     steps: int(1)
       .default(100)
-      .describe('DDIM steps of the end-of-run samples (at most diffusion.timesteps).'),
+      .describe(
+        'Steps of the end-of-run sampler (DDIM: at most diffusion.timesteps; ignored by ddpm and ode-rk45).',
+      ),
     eta: z
       .number()
       .min(0)
@@ -332,6 +404,68 @@ export const SampleSchema = z
       .describe(
         'Classifier-free guidance weight w of class-conditional models (ignored when unconditional).',
       ),
+    discretization: z
+      .enum(DISCRETIZATION_NAMES)
+      .default('auto')
+      .describe(
+        "Noise levels visited: uniform or quadratic in time, karras (ρ-spaced σ), trailing (Lin et al. 2023); auto = the sampler's own.",
+      ),
+    rho: z
+      .number()
+      .positive()
+      .default(7)
+      .describe('ρ of the karras discretisation (7, Karras et al. 2022: it evens out the local error).'),
+    churn: z
+      .number()
+      .min(0)
+      .default(0)
+      .describe('S_churn of edm-heun (0 = deterministic; Karras et al. 2022 tuned 40-80 per dataset).'),
+    churn_sigma_min: z
+      .number()
+      .min(0)
+      .default(0)
+      .describe('S_tmin of edm-heun: churn only at σ ≥ this (Karras et al. used 0.05).'),
+    churn_sigma_max: z
+      .number()
+      .positive()
+      .nullable()
+      .default(null)
+      .describe('S_tmax of edm-heun: churn only at σ ≤ this (null = no limit; Karras et al. used 50).'),
+    churn_noise: z
+      .number()
+      .positive()
+      .default(1)
+      .describe('S_noise of edm-heun: scale of the churn noise (Karras et al. used 1.003-1.007).'),
+    snr: z
+      .number()
+      .positive()
+      .default(0.16)
+      .describe('Signal-to-noise ratio r of the pc-langevin corrector (0.16, Song et al. 2021 on CIFAR-10).'),
+    corrector_steps: int(0)
+      .default(1)
+      .describe('Langevin corrector steps per noise level of pc-langevin (1, as Song et al. 2021).'),
+    tolerance: z
+      .number()
+      .positive()
+      .lt(1)
+      .default(1e-5)
+      .describe(
+        'rtol = atol of ode-rk45 (1e-5, as Song et al. 2021 for their RK45 likelihoods and samples).',
+      ),
+  })
+  .superRefine((o, ctx) => {
+    if (o.discretization !== 'auto' && (o.sampler === 'ddpm' || o.sampler === 'ode-rk45'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['discretization'],
+        message: `${o.sampler} has no time grid to choose; leave it auto`,
+      });
+    if (o.churn > 0 && o.sampler !== 'edm-heun')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['churn'],
+        message: `only edm-heun churns, sampler is ${o.sampler}`,
+      });
   })
   .prefault({});
 
@@ -404,5 +538,7 @@ export const ConfigSchema = z.strictObject({
 export type Config = z.infer<typeof ConfigSchema>;
 export type ModelConfig = Config['model'];
 export type DitConfig = ModelConfig['dit'];
+export type AnalyticConfig = ModelConfig['analytic'];
+export type SampleConfig = Config['sample'];
 export type DiffusionConfig = Config['diffusion'];
 export type TrainConfig = Config['train'];

@@ -36,6 +36,10 @@ export interface Job {
 
 /** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
 export function createJob(cfg: ResolvedConfig, dataset: Dataset): Job {
+  if (cfg.model.kind === 'analytic')
+    throw new Error(
+      'model.kind: analytic is exact and has nothing to train; use it with `ringdiff sample --config` or `ringdiff bench sample`',
+    );
   const model = jobDenoiser(cfg, [...dataset.shape]);
   const d = cfg.diffusion;
   const schedule = scheduleOf(d);

@@ -19,6 +19,8 @@ export const Purpose = {
   data: 7,
   offsetNoise: 8,
   dropout: 9,
+  /** Exact draws from an analytic model's data distribution (references of `bench sample`). */
+  oracle: 10,
 } as const;
 export type Purpose = (typeof Purpose)[keyof typeof Purpose];
 

@@ -28,25 +28,37 @@ export interface Series {
 
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
 
-/** An SVG line chart (x linear; y linear or log10), with axes, ticks and a legend. */
+/** An SVG line chart (x and y each linear or log10), with axes, ticks and a legend. */
 export function lineChart(
   series: Series[],
-  o: { title: string; xLabel: string; yLabel: string; logY?: boolean; width?: number; height?: number },
+  o: {
+    title: string;
+    xLabel: string;
+    yLabel: string;
+    logX?: boolean;
+    logY?: boolean;
+    width?: number;
+    height?: number;
+    /** Draw a dot at every point (for sparse series). */
+    markers?: boolean;
+  },
 ): string {
   const W = o.width ?? 640;
   const H = o.height ?? 300;
   const m = { l: 60, r: 16, t: 28, b: 40 };
   const fy = (y: number) => (o.logY ? Math.log10(y) : y);
-  const pts = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(fy(y)));
+  const fx = (x: number) => (o.logX ? Math.log10(x) : x);
+  const ok = ([x, y]: [number, number]) => Number.isFinite(fy(y)) && Number.isFinite(fx(x));
+  const pts = series.flatMap((s) => s.points).filter(ok);
   if (pts.length === 0) return `<p><em>${esc(o.title)}: no data</em></p>`;
-  const xs = pts.map(([x]) => x);
+  const xs = pts.map(([x]) => fx(x));
   const ys = pts.map(([, y]) => fy(y));
   const x0 = Math.min(...xs);
   let x1 = Math.max(...xs);
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) [y0, y1] = [y0 - 0.5, y1 + 0.5];
-  const px = (x: number) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
+  const px = (x: number) => m.l + ((fx(x) - x0) / (x1 - x0)) * (W - m.l - m.r);
   const py = (y: number) => H - m.b - ((fy(y) - y0) / (y1 - y0)) * (H - m.t - m.b);
   const ticks = (a: number, b: number, n: number) =>
     Array.from({ length: n + 1 }, (_, i) => a + ((b - a) * i) / n);
@@ -58,7 +70,8 @@ export function lineChart(
     `<line x1="${m.l}" y1="${H - m.b}" x2="${W - m.r}" y2="${H - m.b}" stroke="#444"/>`,
     `<line x1="${m.l}" y1="${m.t}" x2="${m.l}" y2="${H - m.b}" stroke="#444"/>`,
   ];
-  for (const x of ticks(x0, x1, 5)) {
+  for (const xv of ticks(x0, x1, 5)) {
+    const x = o.logX ? 10 ** xv : xv;
     parts.push(
       `<text x="${px(x)}" y="${H - m.b + 14}" text-anchor="middle">${fmt(Math.round(x))}</text>`,
       `<line x1="${px(x)}" y1="${m.t}" x2="${px(x)}" y2="${H - m.b}" stroke="#eee"/>`,
@@ -76,11 +89,14 @@ export function lineChart(
     `<text transform="translate(14 ${H / 2}) rotate(-90)" text-anchor="middle">${esc(o.yLabel)}</text>`,
   );
   series.forEach((s, i) => {
-    const d = s.points
-      .filter(([, y]) => Number.isFinite(fy(y)))
+    const shown = s.points.filter(ok);
+    const d = shown
       .map(([x, y], k) => `${k === 0 ? 'M' : 'L'}${px(x).toFixed(1)},${py(y).toFixed(1)}`)
       .join('');
     parts.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.3"/>`);
+    if (o.markers)
+      for (const [x, y] of shown)
+        parts.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="2.5" fill="${s.color}"/>`);
     parts.push(
       `<rect x="${m.l + 10}" y="${m.t + 4 + 14 * i}" width="10" height="3" fill="${s.color}"/>`,
       `<text x="${m.l + 24}" y="${m.t + 9 + 14 * i}">${esc(s.name)}</text>`,

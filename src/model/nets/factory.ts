@@ -8,6 +8,15 @@ import type { Denoiser } from './denoiser.js';
 import { DiT, type FixedTensor } from './dit.js';
 import { countSpecs, type ParamSpec } from './layers.js';
 import { UNet } from './unet.js';
+import { AnalyticDenoiser, mixtureOf } from './analytic.js';
+import type { Prediction } from '../diffusion/prediction.js';
+import { scheduleOf, type Schedule, type ScheduleName } from '../diffusion/schedule.js';
+
+/** The diffusion process a network is asked about: only the analytic model needs it to answer. */
+export interface ProcessFacts {
+  readonly schedule: Schedule;
+  readonly prediction: Prediction;
+}
 
 // `model.kind` and each kind's parameter names are stored in checkpoints: once committed, a kind
 // never changes its layers or names; a changed architecture gets a new kind (docs/design.md §8).
@@ -17,8 +26,22 @@ export function createDenoiser(
   dataShape: readonly number[],
   /** Outputs per channel: 2 for a learned variance (diffusion.learn_sigma). */
   outputs = 1,
+  /** Schedule and prediction target (model.kind: analytic only). */
+  process?: ProcessFacts,
 ): Denoiser {
   validateModel(model, dataShape);
+  if (model.kind === 'analytic') {
+    if (outputs !== 1)
+      throw new Error('diffusion.learn_sigma: model.kind analytic has no learned variance; set it false');
+    if (!process) throw new Error('model.kind: analytic needs the diffusion process (schedule, prediction)');
+    const a = model.analytic;
+    return new AnalyticDenoiser(
+      mixtureOf(a.weights, a.means, a.std),
+      process.schedule,
+      process.prediction,
+      model.num_classes,
+    );
+  }
   if (model.kind === 'mlp') {
     return new MLPDenoiser({
       dim: dataShape[0] as number,
@@ -63,10 +86,28 @@ export function createDenoiser(
 
 /** The denoiser of a job: its `model` section, with doubled outputs when it learns its variance. */
 export function jobDenoiser(
-  cfg: { model: ResolvedModelConfig; diffusion: { learn_sigma: boolean } },
+  cfg: {
+    model: ResolvedModelConfig;
+    diffusion: {
+      learn_sigma: boolean;
+      schedule: ScheduleName;
+      timesteps: number;
+      zero_terminal_snr: boolean;
+      prediction: Prediction;
+    };
+  },
   dataShape: readonly number[],
 ): Denoiser {
-  return createDenoiser(cfg.model, dataShape, cfg.diffusion.learn_sigma ? 2 : 1);
+  const process =
+    cfg.model.kind === 'analytic'
+      ? { schedule: scheduleOf(cfg.diffusion), prediction: cfg.diffusion.prediction }
+      : undefined;
+  return createDenoiser(cfg.model, dataShape, cfg.diffusion.learn_sigma ? 2 : 1, process);
+}
+
+/** The example shape [D] of an analytic model (its means' dimension). */
+export function analyticDataShape(model: ResolvedModelConfig): number[] {
+  return [model.analytic.means[0]?.length ?? 0];
 }
 
 /** Throws a one-line error naming the config key if `model` cannot denoise examples of `dataShape`. */
@@ -74,6 +115,12 @@ export function validateModel(model: ResolvedModelConfig, dataShape: readonly nu
   const shape = `[${dataShape.join(', ')}]`;
   if (dataShape.length === 0 || dataShape.some((d) => !Number.isInteger(d) || d < 1))
     throw new Error(`data shape ${shape} is not a list of positive integers`);
+  if (model.kind === 'analytic') {
+    const D = model.analytic.means[0]?.length ?? 0;
+    if (dataShape.length !== 1 || dataShape[0] !== D)
+      throw new Error(`model.analytic.means: the mixture is ${D}-D, the data shape is ${shape}`);
+    return;
+  }
   if (model.kind === 'mlp') {
     if (dataShape.length !== 1)
       throw new Error(`model.kind: mlp needs 1-D examples such as [2], got ${shape} (use unet for images)`);
@@ -143,7 +190,8 @@ export interface ModelSummary {
 
 /** The parameter declarations of a denoiser built by `createDenoiser`. */
 export function paramSpecs(d: Denoiser): readonly ParamSpec[] {
-  if (d instanceof UNet || d instanceof MLPDenoiser || d instanceof DiT) return d.specs;
+  if (d instanceof UNet || d instanceof MLPDenoiser || d instanceof DiT || d instanceof AnalyticDenoiser)
+    return d.specs;
   throw new Error('paramSpecs: not a denoiser of createDenoiser');
 }
 

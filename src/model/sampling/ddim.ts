@@ -4,16 +4,11 @@ import type { Schedule } from '../diffusion/schedule.js';
 import { initialNoise, stepNoise, type SampleOptions } from './noise.js';
 import type { DenoiseFn } from './guidance.js';
 import { epsFromX0 } from '../diffusion/process.js';
+import { scheduleSigmas } from '../diffusion/sigmas.js';
+import { discreteTimesteps, stridedTimesteps } from './discretization.js';
+import type { Sampler, SamplerSettings } from './sampler.js';
 
-/** K timesteps spread evenly over 0…T−1, descending, always including T−1 and 0. */
-export function stridedTimesteps(T: number, K: number): number[] {
-  if (!Number.isInteger(K) || K < 1 || K > T)
-    throw new Error(`sampling steps must be an integer in 1…${T}, got ${K}`);
-  if (K === 1) return [T - 1];
-  const set = new Set<number>();
-  for (let i = 0; i < K; i++) set.add(Math.round((i * (T - 1)) / (K - 1)));
-  return [...set].sort((a, b) => b - a);
-}
+export { stridedTimesteps };
 
 /**
  * DDIM sampling (Song et al. 2021, eq. 12) over a strided subset of timesteps:
@@ -23,9 +18,10 @@ export function ddimSample(
   s: Schedule,
   denoise: DenoiseFn,
   shape: number[],
-  opts: SampleOptions & { steps: number; eta: number },
+  opts: SampleOptions & { steps: number; eta: number; timesteps?: number[] },
 ): tf.Tensor {
-  const seq = stridedTimesteps(s.T, opts.steps);
+  // Descending timesteps; `steps` strided ones unless given.
+  const seq = opts.timesteps ?? stridedTimesteps(s.T, opts.steps);
   let x = initialNoise(shape, opts);
   const B = shape[0] ?? 0;
   seq.forEach((t, k) => {
@@ -51,3 +47,30 @@ export function ddimSample(
   });
   return x;
 }
+
+/** DDIM's timesteps for `settings` on schedule `s` (auto = uniform = strided). */
+export function ddimTimesteps(s: Schedule, settings: SamplerSettings): number[] {
+  const d = settings.discretization === 'auto' ? 'uniform' : settings.discretization;
+  return discreteTimesteps(d, settings.steps, s.T, scheduleSigmas(s), settings.rho);
+}
+
+/** DDIM on the registry's interface: the model's discrete view, one evaluation per timestep. */
+export const ddimSampler: Sampler = {
+  name: 'ddim',
+  title: 'DDIM (Song et al. 2021a) on training timesteps; η = 0 deterministic',
+  stochastic: true,
+  defaultDiscretization: 'uniform',
+  uses: ['steps', 'eta', 'discretization', 'rho'],
+  nfe: (st, m) => (m.discrete ? ddimTimesteps(m.discrete.schedule, st).length : null),
+  run(model, shape, o) {
+    if (!model.discrete) throw new Error('sample.sampler: ddim needs a model trained on discrete timesteps');
+    const seq = ddimTimesteps(model.discrete.schedule, o.settings);
+    const x = ddimSample(model.discrete.schedule, model.discrete.denoise, shape, {
+      ...o,
+      steps: seq.length,
+      eta: o.settings.eta,
+      timesteps: seq,
+    });
+    return { x, nfe: seq.length };
+  },
+};

@@ -4,6 +4,7 @@ import type { Schedule } from '../diffusion/schedule.js';
 import { initialNoise, stepNoise, type SampleOptions } from './noise.js';
 import type { DenoiseFn } from './guidance.js';
 import { qPosterior } from '../diffusion/process.js';
+import type { Sampler } from './sampler.js';
 
 /**
  * DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): x_T ~ N(0, I); for t = T−1…0,
@@ -37,3 +38,18 @@ export function ddpmSample(
   }
   return x;
 }
+
+/** DDPM on the registry's interface: the model's discrete view, all T timesteps. */
+export const ddpmSampler: Sampler = {
+  name: 'ddpm',
+  title: 'DDPM ancestral sampling (Ho et al. 2020), all T training timesteps',
+  stochastic: true,
+  defaultDiscretization: null,
+  uses: ['sigma'],
+  nfe: (_st, m) => m.discrete?.schedule.T ?? null,
+  run(model, shape, o) {
+    if (!model.discrete) throw new Error('sample.sampler: ddpm needs a model trained on discrete timesteps');
+    const { schedule, denoise } = model.discrete;
+    return { x: ddpmSample(schedule, denoise, shape, { ...o, sigma: o.settings.sigma }), nfe: schedule.T };
+  },
+};

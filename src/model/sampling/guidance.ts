@@ -59,3 +59,38 @@ export function guidedOutput(
       return tf.concat([tf.sub(tf.mul(1 + w, cm), tf.mul(w, um)), cv], last);
     });
 }
+
+/** The network's output at x for per-example (fractional) timesteps t (B values): [B, …]. */
+export type ModelAtFn = (x: tf.Tensor, t: Float32Array) => tf.Tensor;
+
+/**
+ * `guidedOutput` for per-example timesteps, as σ-space samplers call the network: the doubled
+ * batch carries each example's timestep twice. `cond(x, t, y)` takes t as a [B] float32 tensor.
+ */
+export function guidedOutputAt(
+  cond: (x: tf.Tensor, t: tf.Tensor1D, y: tf.Tensor1D) => tf.Tensor,
+  labels: Int32Array,
+  nullClass: number,
+  w: number,
+  learnSigma = false,
+): ModelAtFn {
+  return (x, t) =>
+    tf.tidy(() => {
+      const B = labels.length;
+      if (w === 0) return cond(x, tf.tensor1d(t, 'float32'), tf.tensor1d(labels, 'int32'));
+      const y = new Int32Array(2 * B);
+      y.set(labels);
+      y.fill(nullClass, B);
+      const tt = new Float32Array(2 * B);
+      tt.set(t);
+      tt.set(t, B);
+      const both = cond(tf.concat([x, x], 0), tf.tensor1d(tt, 'float32'), tf.tensor1d(y, 'int32'));
+      const [c, u] = tf.split(both, 2, 0) as [tf.Tensor, tf.Tensor];
+      if (!learnSigma) return tf.sub(tf.mul(1 + w, c), tf.mul(w, u));
+      // σ-space samplers drop the variance channels; keep the conditional half's, as guidedOutput does.
+      const last = c.rank - 1;
+      const [cm, cv] = tf.split(c, 2, last) as [tf.Tensor, tf.Tensor];
+      const um = (tf.split(u, 2, last) as [tf.Tensor, tf.Tensor])[0];
+      return tf.concat([tf.sub(tf.mul(1 + w, cm), tf.mul(w, um)), cv], last);
+    });
+}

@@ -15,12 +15,14 @@ export interface SampleOptions {
   onStep?: (done: number, total: number) => void;
 }
 
+/** x at σ_max as standard normals [B, …]: draw 0 of each sample index's stream. */
 export function initialNoise(shape: number[], opts: SampleOptions): tf.Tensor {
   const [n, ...rest] = shape;
   const size = rest.reduce((a, b) => a * b, 1);
   return tf.tensor(noiseFor(opts.seed, 0, opts.indexOffset ?? 0, n ?? 0, size, Purpose.sampleNoise), shape);
 }
 
+/** Standard normals shaped like x ([B, …]): draw 1 + k of each sample index's stream. */
 export function stepNoise(x: tf.Tensor, k: number, opts: SampleOptions): tf.Tensor {
   const [n, ...rest] = x.shape;
   const size = rest.reduce((a, b) => a * b, 1);

@@ -1,21 +1,24 @@
 /**
- * Drawing samples from a trained denoiser: chunks of a sample set, DDPM or DDIM, optional
- * classifier-free guidance. Sample n's noise depends only on (seed, n), so the result does
+ * Drawing samples from a trained denoiser: chunks of a sample set, any sampler of the registry,
+ * optional classifier-free guidance. Sample n's noise depends only on (seed, n), so the result does
  * not depend on the chunk size.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Denoiser } from '../nets/denoiser.js';
 import type { Params } from '../params.js';
 import type { Schedule } from '../diffusion/schedule.js';
-import { ddimSample } from './ddim.js';
-import { ddpmSample } from './ddpm.js';
-import { denoiserFor, guidedOutput, type ModelFn } from './guidance.js';
+import { denoiserFor, guidedOutput, guidedOutputAt, type ModelAtFn, type ModelFn } from './guidance.js';
 import type { Prediction } from '../diffusion/prediction.js';
+import { samplerNamed, type SamplerName } from './registry.js';
+import { DEFAULT_SETTINGS, type SamplerSettings, type SigmaModel } from './sampler.js';
+import { vpSigmaModel } from './sigma-model.js';
+import type { SampleConfig } from '../../config/schema.js';
 
-export interface SampleRequest {
+/** A sample set to draw: count, sampler and its settings, guidance and labels, seed, chunking. */
+export interface SampleRequest extends Partial<Omit<SamplerSettings, 'steps' | 'eta' | 'sigma'>> {
   count: number;
-  sampler: 'ddpm' | 'ddim';
-  /** DDIM steps (ignored by DDPM, which always runs all T steps). */
+  sampler: SamplerName;
+  /** Steps of the sampler (ignored by DDPM, which always runs all T steps, and by ode-rk45). */
   steps: number;
   eta: number;
   /** Guidance weight w (0 = plain conditional or unconditional). */
@@ -34,8 +37,90 @@ export interface SampleRequest {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Draws `count` samples: returns [count, ...dataShape] row-major. */
-export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: SampleRequest): Float32Array {
+/** The sampler settings of a request (unset keys take `DEFAULT_SETTINGS`). */
+export function settingsOf(req: SampleRequest): SamplerSettings {
+  const d = DEFAULT_SETTINGS;
+  return {
+    steps: req.steps,
+    eta: req.eta,
+    sigma: req.sigma,
+    discretization: req.discretization ?? d.discretization,
+    rho: req.rho ?? d.rho,
+    churn: req.churn ?? d.churn,
+    churnSigmaMin: req.churnSigmaMin ?? d.churnSigmaMin,
+    churnSigmaMax: req.churnSigmaMax ?? d.churnSigmaMax,
+    churnNoise: req.churnNoise ?? d.churnNoise,
+    snr: req.snr ?? d.snr,
+    correctorSteps: req.correctorSteps ?? d.correctorSteps,
+    tolerance: req.tolerance ?? d.tolerance,
+  };
+}
+
+/** The sampler settings of a job's `sample` section (T: its timesteps; DDIM's steps are capped at T). */
+export function configSettings(sc: SampleConfig, T: number): SamplerSettings {
+  return {
+    ...DEFAULT_SETTINGS,
+    steps: sc.sampler === 'ddim' ? Math.min(sc.steps, T) : sc.steps,
+    eta: sc.eta,
+    discretization: sc.discretization,
+    rho: sc.rho,
+    churn: sc.churn,
+    churnSigmaMin: sc.churn_sigma_min,
+    churnSigmaMax: sc.churn_sigma_max ?? Infinity,
+    churnNoise: sc.churn_noise,
+    snr: sc.snr,
+    correctorSteps: sc.corrector_steps,
+    tolerance: sc.tolerance,
+  };
+}
+
+/** The σ-space model (with its discrete view) of a network on a discrete VP schedule, for a chunk. */
+export function chunkModel(
+  model: Denoiser,
+  params: Params,
+  s: Schedule,
+  req: Pick<SampleRequest, 'guidance' | 'classLabel' | 'prediction' | 'learnSigma' | 'clip'>,
+  start: number,
+  n: number,
+): SigmaModel {
+  const K = model.numClasses;
+  const learnSigma = req.learnSigma ?? false;
+  let f: ModelFn;
+  let g: ModelAtFn;
+  if (K === 0) {
+    f = (x, t) =>
+      tf.tidy(() => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, null));
+    g = (x, t) => tf.tidy(() => model.apply(params, x, tf.tensor1d(t, 'float32'), null));
+  } else {
+    const labels = new Int32Array(n);
+    for (let i = 0; i < n; i++) labels[i] = req.classLabel ?? (start + i) % K;
+    f = guidedOutput(
+      (x, t, y) => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, y),
+      labels,
+      K,
+      req.guidance,
+      learnSigma,
+    );
+    g = guidedOutputAt((x, t, y) => model.apply(params, x, t, y), labels, K, req.guidance, learnSigma);
+  }
+  return vpSigmaModel({
+    schedule: s,
+    prediction: req.prediction,
+    net: g,
+    learnSigma,
+    clip: req.clip,
+    discrete: denoiserFor(req.prediction, s, f, learnSigma),
+  });
+}
+
+/** Samples ([count, ...dataShape] row-major) and model evaluations per sample. */
+export interface SampleSet {
+  samples: Float32Array;
+  nfe: number;
+}
+
+/** Draws `count` samples with the request's sampler and reports its NFE per sample. */
+export function sampleSet(model: Denoiser, params: Params, s: Schedule, req: SampleRequest): SampleSet {
   const size = model.dataShape.reduce((a, b) => a * b, 1);
   const out = new Float32Array(req.count * size);
   const K = model.numClasses;
@@ -45,40 +130,31 @@ export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: S
     );
   }
   if (req.guidance !== 0 && K === 0) throw new Error('--guidance: the model is unconditional');
-  const perStep = req.sampler === 'ddpm' ? s.T : Math.min(req.steps, s.T);
-  const total = Math.ceil(req.count / req.chunk) * perStep;
-  let done = 0;
-  for (let start = 0; start < req.count; start += req.chunk) {
+  if (!(req.chunk >= 1)) throw new Error(`--chunk must be ≥ 1, got ${req.chunk}`);
+  const sampler = samplerNamed(req.sampler);
+  const settings = settingsOf(req);
+  const chunks = Math.ceil(req.count / req.chunk);
+  let nfeSum = 0;
+  for (let c = 0; c < chunks; c++) {
+    const start = c * req.chunk;
     const n = Math.min(req.chunk, req.count - start);
-    const shape = [n, ...model.dataShape];
-    let f: ModelFn;
-    if (K === 0) {
-      f = (x, t) =>
-        tf.tidy(() => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, null));
-    } else {
-      const labels = new Int32Array(n);
-      for (let i = 0; i < n; i++) labels[i] = req.classLabel ?? (start + i) % K;
-      f = guidedOutput(
-        (x, t, y) => model.apply(params, x, tf.fill([x.shape[0] ?? 0], t, 'float32') as tf.Tensor1D, y),
-        labels,
-        K,
-        req.guidance,
-        req.learnSigma ?? false,
-      );
-    }
-    const denoise = denoiserFor(req.prediction, s, f, req.learnSigma ?? false);
-    const common = {
+    const m = chunkModel(model, params, s, req, start, n);
+    const { x, nfe } = sampler.run(m, [n, ...model.dataShape], {
       seed: req.seed,
       indexOffset: start,
       clip: req.clip,
-      onStep: () => req.onProgress?.(++done, total),
-    };
-    const x =
-      req.sampler === 'ddpm'
-        ? ddpmSample(s, denoise, shape, { ...common, sigma: req.sigma })
-        : ddimSample(s, denoise, shape, { ...common, steps: req.steps, eta: req.eta });
+      settings,
+      // Progress over the whole set: each chunk is one slice of `chunks`.
+      onStep: (d, t) => req.onProgress?.(c * t + d, chunks * t),
+    });
+    nfeSum += nfe * n;
     out.set(x.dataSync(), start * size);
     x.dispose();
   }
-  return out;
+  return { samples: out, nfe: req.count === 0 ? 0 : nfeSum / req.count };
+}
+
+/** Draws `count` samples: returns [count, ...dataShape] row-major. */
+export function drawSamples(model: Denoiser, params: Params, s: Schedule, req: SampleRequest): Float32Array {
+  return sampleSet(model, params, s, req).samples;
 }
