@@ -18,7 +18,8 @@ const ROOT = path.resolve(HERE, '../..');
 const STEP = path.join(ROOT, 'dist/bench/step.js');
 const ANCHOR = path.join(ROOT, 'bench/anchors/dit_step.py');
 const PYTHON = '/usr/bin/python3';
-const TORCH = spawnSync(PYTHON, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
+// torch.nn, not just torch: an empty torch directory (a half-removed package) imports as a namespace.
+const TORCH = spawnSync(PYTHON, ['-c', 'import torch.nn'], { encoding: 'utf8' }).status === 0;
 const NO_TORCH = TORCH ? false : `needs Debian's python3-torch (${PYTHON} cannot import torch)`;
 
 function bench(args: string[]) {
