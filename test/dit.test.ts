@@ -476,7 +476,7 @@ test('ringdiff model --json prints the counts of a config; a bad preset or patch
     assert.match(text.stdout, /^fixed {2}18,816 pos_embed \[49, 384\]/m);
     const example = path.resolve(HERE, '../../examples/dit-mnist.yaml');
     const ex = JSON.parse(run(['model', '--config', example, '--json']).stdout) as Record<string, unknown>;
-    assert.equal(ex.params, 4_167_568, 'examples/dit-mnist.yaml');
+    assert.equal(ex.params, 1_275_408, 'examples/dit-mnist.yaml');
     const unet = JSON.parse(run(['model', '--json']).stdout) as { params: number; fixed: number };
     assert.equal(unet.fixed, 0);
     assert.ok(unet.params > 0);
