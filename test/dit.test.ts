@@ -5,6 +5,7 @@
  */
 import { test } from 'node:test';
 import { shardTestContext, splitGradients } from './shard-check.js';
+import { checkGradients, randomizeZeros } from './gradient-check.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -61,17 +62,6 @@ const tiny = (over: Partial<DiTOptions> = {}): DiT =>
     numClasses: 3,
     ...over,
   });
-
-/** Replaces every all-zero tensor (adaLN, final layer, biases) by small random values. */
-function randomizeZeros(p: Params, seed: number): void {
-  let k = 0;
-  for (const [name, v] of p) {
-    if (tf.tidy(() => tf.max(tf.abs(v)).dataSync()[0]) === 0) {
-      p.set(name, tf.randomNormal(v.shape, 0, 0.3, 'float32', seed + k++));
-      v.dispose();
-    }
-  }
-}
 
 function inputs(m: DiT, b: number): { x: tf.Tensor; t: tf.Tensor1D; y: tf.Tensor1D } {
   return {
@@ -278,18 +268,9 @@ test('gradients match central finite differences (tiny DiT, float32)', () => {
   const m = tiny();
   const p = m.init(1);
   randomizeZeros(p, 100);
-  const names = sortedNames(p);
   const { x, t, y } = inputs(m, 2);
   const r = tf.randomNormal([2, 8, 8, 2], 0, 1, 'float32', 9);
-  const lossOf = (q: Params): number =>
-    tf.tidy(() => tf.sum(tf.mul(m.apply(q, x, t, y), r)).dataSync()[0] as number);
-  const { grads } = tf.valueAndGrads((...ts: tf.Tensor[]) =>
-    tf.sum(tf.mul(m.apply(new Map(names.map((n, i) => [n, ts[i] as tf.Tensor])), x, t, y), r)),
-  )(names.map((n) => p.get(n) as tf.Tensor));
-  const g = new Map(names.map((n, i) => [n, (grads[i] as tf.Tensor).dataSync()]));
-  const h = 1e-2;
-  let checked = 0;
-  for (const name of [
+  const checked = checkGradients(m, p, { x, t, y, r }, [
     'x_embed.kernel',
     't_embed.lin1.kernel',
     'y_embed.table',
@@ -301,34 +282,9 @@ test('gradients match central finite differences (tiny DiT, float32)', () => {
     'blocks.1.ada.bias',
     'final.ada.kernel',
     'final.linear.kernel',
-  ]) {
-    const v = p.get(name) as tf.Tensor;
-    const base = v.dataSync().slice() as Float32Array;
-    const gv = g.get(name) as Float32Array;
-    // The coordinates with the largest gradients, plus one fixed one: well above float32 noise.
-    const order = [...gv.keys()].sort((a, b) => Math.abs(gv[b] as number) - Math.abs(gv[a] as number));
-    for (const i of [order[0], order[1], Math.floor(base.length / 2)] as number[]) {
-      const at = (d: number): number => {
-        const w = base.slice();
-        w[i] = (w[i] as number) + d;
-        const q = new Map(p);
-        const tw = tf.tensor(w, v.shape);
-        q.set(name, tw);
-        const f = lossOf(q);
-        tw.dispose();
-        return f;
-      };
-      const fd = (at(h) - at(-h)) / (2 * h);
-      const an = gv[i] as number;
-      assert.ok(
-        Math.abs(fd - an) <= 2e-2 * Math.abs(an) + 2e-3,
-        `${name}[${i}]: analytic ${an}, numeric ${fd}`,
-      );
-      checked++;
-    }
-  }
+  ]);
   assert.equal(checked, 33);
-  tf.dispose([x, t, y, r, ...grads]);
+  tf.dispose([x, t, y, r]);
   disposeParams(p);
 });
 

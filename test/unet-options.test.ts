@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { cpuBackend, relErr } from './helpers.js';
 import { shardTestContext, splitGradients } from './shard-check.js';
+import { checkGradients, randomizeZeros } from './gradient-check.js';
 import { loadConfig } from '../src/config/load.js';
 import { resolveForDataset } from '../src/config/resolve.js';
 import { ModelSchema } from '../src/config/schema.js';
@@ -166,17 +167,6 @@ test('compact layout: defaults keep their tensors; each option adds exactly its 
   assert.ok(ud.includes('down.0.resdown.conv1.kernel') && ud.includes('up.0.resup.skip.kernel'));
 });
 
-/** Replaces every all-zero tensor (zero-initialised convs, biases) by small random values. */
-function randomizeZeros(p: Params, seed: number): void {
-  let k = 0;
-  for (const [name, v] of p) {
-    if (tf.tidy(() => tf.max(tf.abs(v)).dataSync()[0]) === 0) {
-      p.set(name, tf.randomNormal(v.shape, 0, 0.3, 'float32', seed + k++));
-      v.dispose();
-    }
-  }
-}
-
 const FD_MODELS: Array<[string, UNetOptions, string[]]> = [
   [
     'compact + scale-shift + resblock up/down + head channels',
@@ -228,47 +218,17 @@ for (const [what, opts, checkNames] of FD_MODELS) {
     const m = new UNet(opts);
     const p = m.init(1);
     randomizeZeros(p, 100);
-    const names = sortedNames(p);
     const x = tf.randomNormal([2, ...m.dataShape], 0, 1, 'float32', 1);
     const t = tf.tensor1d([17, 640], 'float32');
     const y = m.numClasses > 0 ? tf.tensor1d([0, 2], 'int32') : null;
     const r = tf.randomNormal([2, 8, 8, 2], 0, 1, 'float32', 9);
-    const lossOf = (q: Params): number =>
-      tf.tidy(() => tf.sum(tf.mul(m.apply(q, x, t, y), r)).dataSync()[0] as number);
-    const { grads } = tf.valueAndGrads((...ts: tf.Tensor[]) =>
-      tf.sum(tf.mul(m.apply(new Map(names.map((n, i) => [n, ts[i] as tf.Tensor])), x, t, y), r)),
-    )(names.map((n) => p.get(n) as tf.Tensor));
-    const g = new Map(names.map((n, i) => [n, (grads[i] as tf.Tensor).dataSync()]));
-    const h = 1e-2;
-    let checked = 0;
-    for (const name of [...checkNames, 'out.conv.kernel', 'time.lin1.kernel']) {
-      const v = p.get(name);
-      assert.ok(v, `${name} exists`);
-      const base = v.dataSync().slice() as Float32Array;
-      const gv = g.get(name) as Float32Array;
-      const order = [...gv.keys()].sort((a, b) => Math.abs(gv[b] as number) - Math.abs(gv[a] as number));
-      for (const i of [order[0], order[1], Math.floor(base.length / 2)] as number[]) {
-        const at = (d: number): number => {
-          const w = base.slice();
-          w[i] = (w[i] as number) + d;
-          const q = new Map(p);
-          const tw = tf.tensor(w, v.shape);
-          q.set(name, tw);
-          const f = lossOf(q);
-          tw.dispose();
-          return f;
-        };
-        const fd = (at(h) - at(-h)) / (2 * h);
-        const an = gv[i] as number;
-        assert.ok(
-          Math.abs(fd - an) <= 2e-2 * Math.abs(an) + 2e-3,
-          `${name}[${i}]: analytic ${an}, numeric ${fd}`,
-        );
-        checked++;
-      }
-    }
+    const checked = checkGradients(m, p, { x, t, y, r }, [
+      ...checkNames,
+      'out.conv.kernel',
+      'time.lin1.kernel',
+    ]);
     assert.equal(checked, 3 * (checkNames.length + 2));
-    tf.dispose([x, t, r, ...(y ? [y] : []), ...grads]);
+    tf.dispose([x, t, r, ...(y ? [y] : [])]);
     disposeParams(p);
   });
 }
