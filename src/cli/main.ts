@@ -275,6 +275,73 @@ export async function main(argv: string[]): Promise<void> {
       describeModel(o);
     });
 
+  // `eval fid` and `eval train-features`: sample-quality metrics (src/eval/).
+  const evalCmd = program.command('eval').description('evaluate samples and models');
+  evalCmd
+    .command('fid')
+    .description(
+      'FID, KID ± SE, Inception Score, precision/recall of samples against a reference dataset, named after the feature network',
+    )
+    .requiredOption(
+      '--samples <path>',
+      'samples: float32 .npy of `ringdiff sample`, uint8 NHWC .npz (arr_0) or a PNG folder',
+    )
+    .requiredOption('--ref <spec>', 'reference dataset spec, e.g. mnist:test')
+    .option(
+      '--net <name=weights>',
+      'built-in network: mnistcnn=<file.safetensors> (from eval train-features)',
+    )
+    .option('--inception <dir>', 'standard InceptionV3 as a local TF.js graph model directory (see README)')
+    .option('--count <n>', 'samples to use (default: all, spread evenly)', intOption('--count', 1))
+    .option('--ref-count <n>', 'reference images (default: all, spread evenly)', intOption('--ref-count', 1))
+    .option('--kid-subsets <n>', 'KID subsets', intOption('--kid-subsets', 1), 100)
+    .option(
+      '--kid-subset-size <m>',
+      'KID subset size (capped at the smaller set)',
+      intOption('--kid-subset-size', 4),
+      1000,
+    )
+    .option('--is-splits <n>', 'Inception Score splits', intOption('--is-splits', 1), 10)
+    .option('--k <k>', 'precision/recall neighbourhood size', intOption('--k', 1), 3)
+    .option('--seed <s>', 'seed of the KID subsets', intOption('--seed', 0), 0)
+    .option('--batch <n>', 'images per network call', intOption('--batch', 1), 64)
+    .option(
+      '--export-npz <file>',
+      'also write the samples as uint8 NHWC arr_0 .npz (guided-diffusion evaluator)',
+    )
+    .option('--export-png <dir>', 'also write the samples as a PNG folder (clean-fid, pytorch-fid)')
+    .option(
+      '--export-stats <file>',
+      "also write the samples' mu/sigma in pytorch-fid's .npz layout (--inception only)",
+    )
+    .option('--cache-dir <dir>', 'reference feature cache (default $RINGDIFF_CACHE_DIR or ~/.cache/ringdiff)')
+    .option('--no-cache', 'recompute the reference features, write no cache entry')
+    .option('--json', 'print one JSON object')
+    .addOption(backendOpt())
+    .showHelpAfterError(false)
+    .action(async (o) => {
+      const { evalFid } = await import('./eval-fid.js');
+      await evalFid(o);
+    });
+  evalCmd
+    .command('train-features')
+    .description('train the built-in feature network (mnistcnn) on a labelled dataset for eval fid')
+    .requiredOption('--data <spec>', 'labelled training split, e.g. mnist:train')
+    .requiredOption('--out <file>', 'weights file (.safetensors)')
+    .option('--epochs <n>', 'passes over the data', intOption('--epochs', 1), 3)
+    .option('--steps <n>', 'optimiser steps (overrides --epochs)', intOption('--steps', 1))
+    .option('--batch <n>', 'batch size', intOption('--batch', 1), 64)
+    .option('--lr <r>', 'Adam learning rate', numberOption('--lr'), 1e-3)
+    .option('--seed <s>', 'initialisation and order seed', intOption('--seed', 0), 0)
+    .option('--val-fraction <f>', 'share held out to report accuracy', numberOption('--val-fraction'), 0.05)
+    .option('--json', 'print one JSON object')
+    .addOption(backendOpt())
+    .showHelpAfterError(false)
+    .action(async (o) => {
+      const { trainFeatures } = await import('./eval-train-features.js');
+      await trainFeatures(o);
+    });
+
   program
     .command('config')
     .description('print the resolved job config')
