@@ -1,4 +1,6 @@
 /** `ringdiff eval train-features`: trains the built-in feature network on a labelled dataset. */
+import { mkdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { imageDataset } from '../data/preprocess.js';
 import { openSource } from '../data/spec.js';
 import { initBackend } from '../model/backend/index.js';
@@ -27,6 +29,8 @@ export async function trainFeatures(o: TrainFeaturesOptions): Promise<void> {
   if (!(o.lr > 0)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
   if (!(o.valFraction >= 0 && o.valFraction < 1))
     throw new UsageError(`--val-fraction must be in [0, 1), got ${o.valFraction}`);
+  // Before training, so that a bad --out costs no training time.
+  await mkdir(dirname(resolve(o.out)), { recursive: true });
   let ds;
   try {
     ds = imageDataset(openSource(o.data), { imageSize: 32, channels: 1 });

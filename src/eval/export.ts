@@ -5,6 +5,8 @@
  * latter only from the standard Inception network, because statistics of any other network in
  * that layout would be silently compared with Inception statistics.
  */
+import { mkdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { zipSync } from 'fflate';
 import { PNG } from 'pngjs';
 import { encodeNpy } from '../data/npy.js';
@@ -33,6 +35,12 @@ export function samplesToUint8(src: Source): { data: Uint8Array; shape: [number,
     else for (let k = 0; k < per; k++) data[i * per + k] = toByte(ex.data[k] as number);
   }
   return { data, shape: [src.size, H, W, C] };
+}
+
+/** Writes `data` to `file` atomically, creating its directory first. */
+async function writeOut(file: string, data: Uint8Array): Promise<void> {
+  await mkdir(dirname(resolve(file)), { recursive: true });
+  await writeFileAtomic(file, data);
 }
 
 /** A .npz (stored zip, as np.savez) holding the given .npy members. */
@@ -66,7 +74,7 @@ export function encodeNpyFloat64(data: Float64Array, shape: readonly number[]): 
 /** Writes samples as guided-diffusion's evaluator reads them: `arr_0`, uint8 [N, H, W, C]. */
 export async function exportNpz(file: string, src: Source): Promise<void> {
   const { data, shape } = samplesToUint8(src);
-  await writeFileAtomic(file, encodeNpz({ arr_0: encodeNpy(data, shape) }));
+  await writeOut(file, encodeNpz({ arr_0: encodeNpy(data, shape) }));
 }
 
 /** PNG bytes of one uint8 image [H, W, C] (C = 1 grey, 3 RGB; 2/4 lose their alpha). */
@@ -100,7 +108,7 @@ export async function exportFidStats(file: string, g: Gaussian, net: FeatureNet)
     throw new Error(
       `--export-stats ${file}: statistics of ${net.name} (${net.dim} features) are not comparable with pytorch-fid's; only the standard 2048-feature Inception (--inception) is exported`,
     );
-  await writeFileAtomic(
+  await writeOut(
     file,
     encodeNpz({ mu: encodeNpyFloat64(g.mu, [g.dim]), sigma: encodeNpyFloat64(g.sigma, [g.dim, g.dim]) }),
   );

@@ -227,7 +227,7 @@ export async function loadInception(dir: string): Promise<FeatureNet> {
       `${dir}/model.json: input shape [${shape.join(', ')}] is not [N, 299, 299, 3] or [N, 3, 299, 299]`,
     );
   const outputs = model.outputNodes;
-  const featureNode = outputs[0] as string;
+  const featureNode = outputs.find((n) => !/logit/i.test(n)) ?? (outputs[0] as string);
   const logitNode = outputs.slice(1).find((n) => /logit/i.test(n));
   const wanted = logitNode ? [featureNode, logitNode] : [featureNode];
   const run = (
