@@ -9,21 +9,10 @@ import type { Source } from '../data/preprocess.js';
 import { initBackend } from '../model/backend/index.js';
 import { exportFidStats, exportNpz, exportPngDir } from '../eval/export.js';
 import { loadFeatureNet, MNISTCNN } from '../eval/features.js';
-import { frechetDistance } from '../eval/frechet.js';
 import { loadInception } from '../eval/inception.js';
-import { inceptionScore } from '../eval/inception-score.js';
-import { kid } from '../eval/kid.js';
+import { qualityMetrics } from '../eval/metrics.js';
 import type { FeatureNet } from '../eval/net.js';
-import { precisionRecall } from '../eval/precision-recall.js';
-import {
-  cacheDir,
-  cachePath,
-  extractFeatures,
-  readCachedReference,
-  spreadIndices,
-  writeCachedReference,
-  type FeatureSet,
-} from '../eval/reference.js';
+import { cachedReference, extractFeatures, spreadIndices } from '../eval/reference.js';
 import { openSamples } from '../eval/samples.js';
 import { toGaussian } from '../eval/stats.js';
 import { UsageError } from './common.js';
@@ -76,25 +65,6 @@ function parseNet(spec: string): string {
 
 function usage(e: unknown, what: string): UsageError {
   return new UsageError(`${what}: ${(e as Error).message}`);
-}
-
-/** Reference features of `spec` through `net`, from the cache when an entry for exactly these inputs exists. */
-async function referenceFeatures(
-  net: FeatureNet,
-  ref: Source,
-  spec: string,
-  count: number,
-  o: EvalFidOptions,
-): Promise<{ set: FeatureSet; cached: boolean }> {
-  const key = { spec, count, net: net.id };
-  const file = cachePath(cacheDir(o.cacheDir), key);
-  if (o.cache) {
-    const hit = readCachedReference(file, key, net.dim, net.classes);
-    if (hit) return { set: hit, cached: true };
-  }
-  const set = extractFeatures(net, ref, spreadIndices(ref.size, count), o.batch);
-  if (o.cache) await writeCachedReference(file, key, set);
-  return { set, cached: false };
 }
 
 /** Computes every metric of `samples` against `ref`; prints a table or (--json) one JSON object. */
@@ -150,27 +120,10 @@ export async function evalFid(o: EvalFidOptions): Promise<EvalFidResult> {
     if (o.exportNpz !== undefined) await exportNpz(o.exportNpz, samples);
     if (o.exportPng !== undefined) await exportPngDir(o.exportPng, samples);
     const gen = extractFeatures(net, samples, spreadIndices(samples.size, count), o.batch);
-    const { set: real, cached } = await referenceFeatures(net, ref, o.ref, refCount, o);
-    const gGen = toGaussian(gen.stats);
-    if (o.exportStats !== undefined) await exportFidStats(o.exportStats, gGen, net);
+    const { set: real, cached } = await cachedReference(net, ref, o.ref, refCount, o);
+    if (o.exportStats !== undefined) await exportFidStats(o.exportStats, toGaussian(gen.stats), net);
     const n = net.name;
-    const metrics: Record<string, number> = {};
-    metrics[`fid_${n}`] = frechetDistance(gGen, toGaussian(real.stats));
-    const kd = kid(gen.features, real.features, net.dim, {
-      subsets: o.kidSubsets,
-      subsetSize: o.kidSubsetSize,
-      seed: o.seed,
-    });
-    metrics[`kid_${n}`] = kd.kid;
-    metrics[`kid_${n}_se`] = kd.se;
-    if (gen.logits && net.classes > 0) {
-      const is = inceptionScore(gen.logits, net.classes, o.isSplits);
-      metrics[`is_${n}`] = is.mean;
-      metrics[`is_${n}_std`] = is.std;
-    }
-    const pr = precisionRecall(real.features, gen.features, net.dim, o.k);
-    metrics[`precision_${n}`] = pr.precision;
-    metrics[`recall_${n}`] = pr.recall;
+    const metrics = qualityMetrics(n, net.classes, gen, real, o);
     const result: EvalFidResult = {
       net: n,
       net_id: net.id,

@@ -168,9 +168,11 @@ export async function trainFeatureNet(ds: Dataset, o: TrainFeatureOptions): Prom
   let correct = 0;
   for (let v0 = 0; v0 < valCount; v0 += 256) {
     const { x, y } = load(valIdx.subarray(v0, v0 + 256));
-    const pred = tf.tidy(() =>
-      tf.argMax(mnistCnnForward(params, tf.tensor4d(x, [y.length, SIZE, SIZE, 1])).logits, 1).dataSync(),
+    const predT = tf.tidy(() =>
+      tf.argMax(mnistCnnForward(params, tf.tensor4d(x, [y.length, SIZE, SIZE, 1])).logits, 1),
     );
+    const pred = predT.dataSync();
+    predT.dispose();
     pred.forEach((p, k) => {
       if (p === y[k]) correct++;
     });
@@ -261,10 +263,16 @@ export function loadFeatureNet(file: string): FeatureNet & { meta: FeatureNetMet
       const n = batch.length;
       const x = new Float32Array(n * SIZE * SIZE);
       batch.forEach((ex, i) => x.set(mnistCnnInput(ex), i * SIZE * SIZE));
-      return tf.tidy(() => {
-        const { features, logits } = mnistCnnForward(params, tf.tensor4d(x, [n, SIZE, SIZE, 1]));
-        return { features: features.dataSync() as Float32Array, logits: logits.dataSync() as Float32Array };
-      });
+      // Read back outside tf.tidy: tidy walks every element of typed arrays handed back.
+      const out = tf.tidy(() => mnistCnnForward(params, tf.tensor4d(x, [n, SIZE, SIZE, 1])));
+      try {
+        return {
+          features: out.features.dataSync() as Float32Array,
+          logits: out.logits.dataSync() as Float32Array,
+        };
+      } finally {
+        tf.dispose([out.features, out.logits]);
+      }
     },
     dispose: () => disposeParams(params),
   };

@@ -48,19 +48,35 @@ function gather(f: Float32Array, dim: number, idx: Int32Array): Float32Array {
   return out;
 }
 
-/** Gram matrices XXᵀ, YYᵀ, XYᵀ [m·m] (float32 products on the backend; everything after in float64). */
+/** Gram matrices XXᵀ, YYᵀ, XYᵀ, YXᵀ [m·m] (float32 products on the backend; everything after in float64). */
 function grams(
   x: Float32Array,
   y: Float32Array,
   m: number,
   d: number,
-): [Float32Array, Float32Array, Float32Array] {
-  return tf.tidy(() => {
+): [Float32Array, Float32Array, Float32Array, Float32Array] {
+  // Read back outside tf.tidy: tidy walks every element of typed arrays it is handed back.
+  const ts = tf.tidy(() => {
     const X = tf.tensor2d(x, [m, d]);
     const Y = tf.tensor2d(y, [m, d]);
-    const g = (a: tf.Tensor2D, b: tf.Tensor2D) => tf.matMul(a, b, false, true).dataSync() as Float32Array;
-    return [g(X, X), g(Y, Y), g(X, Y)];
+    // YXᵀ as well, so that both cross terms are read along rows.
+    return [
+      tf.matMul(X, X, false, true),
+      tf.matMul(Y, Y, false, true),
+      tf.matMul(X, Y, false, true),
+      tf.matMul(Y, X, false, true),
+    ];
   });
+  try {
+    return ts.map((t) => t.dataSync() as Float32Array) as [
+      Float32Array,
+      Float32Array,
+      Float32Array,
+      Float32Array,
+    ];
+  } finally {
+    tf.dispose(ts);
+  }
 }
 
 /**
@@ -76,8 +92,8 @@ export function mmd2Subset(
   d: number,
 ): { mmd2: number; variance: number } {
   if (m < 4) throw new Error(`KID needs at least 4 features per set, got ${m}`);
-  const [gxx, gyy, gxy] = grams(x, y, m, d);
-  const k = (g: number) => (g / d + 1) ** 3;
+  const [gxx, gyy, gxy, gyx] = grams(x, y, m, d);
+  const c = 1 / d;
   let sxx = 0;
   let syy = 0;
   let sxy = 0;
@@ -85,20 +101,29 @@ export function mmd2Subset(
   let sumH = 0;
   let sumH2 = 0;
   for (let i = 0; i < m; i++) {
-    sxy += k(gxy[i * m + i] as number);
+    const tii = (gxy[i * m + i] as number) * c + 1;
+    sxy += tii * tii * tii;
+    let row = 0;
     for (let j = 0; j < m; j++) {
       if (i === j) continue;
-      const kxx = k(gxx[i * m + j] as number);
-      const kyy = k(gyy[i * m + j] as number);
-      const kxy = k(gxy[i * m + j] as number);
-      sxx += kxx;
-      syy += kyy;
-      sxy += kxy;
-      const h = kxx + kyy - kxy - k(gxy[j * m + i] as number);
-      rowH[i] = (rowH[i] as number) + h;
-      sumH += h;
+      const o = i * m + j;
+      // (xᵀy/d + 1)³ as t·t·t: ** goes through Math.pow.
+      const ta = (gxx[o] as number) * c + 1;
+      const tb = (gyy[o] as number) * c + 1;
+      const tc = (gxy[o] as number) * c + 1;
+      const td = (gyx[o] as number) * c + 1;
+      const a = ta * ta * ta;
+      const b = tb * tb * tb;
+      const kc = tc * tc * tc;
+      sxx += a;
+      syy += b;
+      sxy += kc;
+      const h = a + b - kc - td * td * td;
+      row += h;
       sumH2 += h * h;
     }
+    rowH[i] = row;
+    sumH += row;
   }
   const pairs = m * (m - 1);
   const mmd2 = (sxx + syy) / pairs - (2 * sxy) / (m * m);

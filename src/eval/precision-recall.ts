@@ -24,27 +24,49 @@ function sqDistances(a: tf.Tensor2D, b: tf.Tensor2D, bNorms: tf.Tensor2D): tf.Te
   return tf.relu(tf.add(tf.sub(an, tf.mul(2, tf.matMul(a, b, false, true))), bNorms)) as tf.Tensor2D;
 }
 
+/** Radii already computed, per feature array and k: a reference set is scored against many sample sets (feature arrays must not change once scored). */
+const radiiCache = new WeakMap<Float32Array, Map<number, Float32Array>>();
+
 /** Squared k-NN radii [N] of features [N, D]: squared distance to the k-th nearest other point. */
 export function knnRadii(f: Float32Array, dim: number, k = 3): Float32Array {
+  const hit = radiiCache.get(f)?.get(k);
+  if (hit) return hit;
   const n = f.length / dim;
   if (!Number.isInteger(n) || n <= k)
     throw new Error(`precision/recall: needs more than k = ${k} features per set, got ${n}`);
   const out = new Float32Array(n);
   const B = blockRows(n);
+  const best = new Float64Array(k + 1);
   tf.tidy(() => {
     const all = tf.tensor2d(f, [n, dim]);
     const norms = tf.reshape(tf.sum(tf.square(all), 1), [1, n]) as tf.Tensor2D;
     for (let r0 = 0; r0 < n; r0 += B) {
       const rows = Math.min(B, n - r0);
-      const r = tf.tidy(() => {
-        const d = sqDistances(tf.slice(all, [r0, 0], [rows, dim]), all, norms);
-        // The k+1 smallest include the point itself (distance 0): the last of them is the k-th other.
-        const { values } = tf.topk(tf.neg(d), k + 1, true);
-        return tf.neg(tf.slice(values, [0, k], [rows, 1])).dataSync() as Float32Array;
-      });
-      out.set(r, r0);
+      // Read back outside an inner tf.tidy: tidy walks every element of typed arrays handed back.
+      const dt = sqDistances(tf.slice(all, [r0, 0], [rows, dim]), all, norms);
+      const d = dt.dataSync() as Float32Array;
+      dt.dispose();
+      // The k+1 smallest of each row by insertion (k is tiny; a full sort of N per row is not):
+      // they include the point itself at distance 0, so the last is the k-th other point.
+      for (let r = 0; r < rows; r++) {
+        best.fill(Infinity);
+        for (let j = 0; j < n; j++) {
+          const v = d[r * n + j] as number;
+          if (v >= (best[k] as number)) continue;
+          let p = k;
+          while (p > 0 && (best[p - 1] as number) > v) {
+            best[p] = best[p - 1] as number;
+            p--;
+          }
+          best[p] = v;
+        }
+        out[r0 + r] = best[k] as number;
+      }
     }
   });
+  const perK = radiiCache.get(f) ?? new Map<number, Float32Array>();
+  perK.set(k, out);
+  radiiCache.set(f, perK);
   return out;
 }
 

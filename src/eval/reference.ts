@@ -147,3 +147,22 @@ export async function writeCachedReference(file: string, key: RefKey, set: Featu
     tensors.set('logits', { shape: [key.count, set.logits.length / key.count], data: set.logits });
   await writeFileAtomic(file, encodeSafetensors(tensors, { key: keyJson(key) }));
 }
+
+/** Features of `count` examples of `src` (opened from `spec`), spread evenly, through `net`; cached per exact inputs. */
+export async function cachedReference(
+  net: FeatureNet,
+  src: Source,
+  spec: string,
+  count: number,
+  o: { cacheDir?: string; cache: boolean; batch: number },
+): Promise<{ set: FeatureSet; cached: boolean }> {
+  const key = { spec, count, net: net.id };
+  const file = cachePath(cacheDir(o.cacheDir), key);
+  if (o.cache) {
+    const hit = readCachedReference(file, key, net.dim, net.classes);
+    if (hit) return { set: hit, cached: true };
+  }
+  const set = extractFeatures(net, src, spreadIndices(src.size, count), o.batch);
+  if (o.cache) await writeCachedReference(file, key, set);
+  return { set, cached: false };
+}
