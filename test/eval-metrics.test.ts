@@ -254,6 +254,10 @@ test('IS is 1 for uniform predictions and K for confident balanced ones', () => 
   for (let r = 0; r < N; r++) collapsed[r * K] = 60;
   assert.ok(Math.abs(inceptionScore(collapsed, K, 1).mean - 1) < 1e-9);
   assert.throws(() => inceptionScore(oneHot, K, 0), /splits/);
+  // Sorted by class (as datasets are): every part still sees all classes.
+  const sorted = new Float32Array(N * K).fill(-60);
+  for (let r = 0; r < N; r++) sorted[r * K + Math.floor(r / 10)] = 60;
+  assert.ok(Math.abs(inceptionScore(sorted, K, 10).mean - K) < 1e-9);
 });
 
 test('precision/recall: equal sets (1, 1), disjoint sets (0, 0), half inside (0.5, ·)', () => {
