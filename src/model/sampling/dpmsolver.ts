@@ -6,7 +6,7 @@
  * The first step is first order (DPM-Solver++1 = DDIM), and so is the last, to σ = 0 (x = D_{N−1}).
  */
 import * as tf from '@tensorflow/tfjs';
-import { gridFor, levels, priorSample, type Sampler } from './sampler.js';
+import { levels, walkGrid, type Sampler } from './sampler.js';
 
 /** The second-order data estimate D' of the multistep update (r = h_prev/h). */
 export function multistepDenoised(d: tf.Tensor, dPrev: tf.Tensor, r: number): tf.Tensor {
@@ -22,33 +22,24 @@ export const dpmpp2mSampler: Sampler = {
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => st.steps,
   run(model, shape, o) {
-    const grid = gridFor(model, o.settings, 'karras');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
+    // D of the previous level, kept across steps.
     let prev: tf.Tensor | null = null;
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
-      const old: tf.Tensor | null = prev;
-      const [next, d] = tf.tidy(() => {
-        const d = model.denoise(x, levels(B, s));
-        if (sn === 0) return [tf.clone(d), d];
+    const { x, steps } = walkGrid(model, shape, o, 'karras', (x, s, sn, i, grid) => {
+      const d = model.denoise(x, levels(B, s));
+      const old = prev;
+      prev = tf.keep(d);
+      let next: tf.Tensor;
+      if (sn === 0) next = tf.clone(d);
+      else {
         const h = Math.log(s / sn);
-        let dd = d;
-        if (old !== null) {
-          const hLast = Math.log((grid[i - 1] as number) / s);
-          dd = multistepDenoised(d, old, hLast / h);
-        }
-        return [tf.sub(tf.mul(sn / s, x), tf.mul(Math.expm1(-h), dd)), d];
-      });
-      x.dispose();
-      prev?.dispose();
-      x = next;
-      prev = d;
-      o.onStep?.(i + 1, N);
-    }
-    prev?.dispose();
-    return { x, nfe: N };
+        const dd = old === null ? d : multistepDenoised(d, old, Math.log((grid[i - 1] as number) / s) / h);
+        next = tf.sub(tf.mul(sn / s, x), tf.mul(Math.expm1(-h), dd));
+      }
+      old?.dispose();
+      return next;
+    });
+    (prev as tf.Tensor | null)?.dispose();
+    return { x, nfe: steps };
   },
 };
