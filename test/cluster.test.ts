@@ -242,7 +242,7 @@ test('the embedded default job (MNIST U-Net, 2 workers) runs end to end under la
   const state = JSON.parse(readFileSync(path.join(out, 'ckpt-3', 'state.json'), 'utf8')) as {
     config: { data: { dataset: string }; model: { kind: string } };
   };
-  assert.equal(state.config.data.dataset, 'mnist');
+  assert.equal(state.config.data.dataset, 'mnist:train');
   assert.equal(state.config.model.kind, 'unet');
   assert.ok(existsSync(path.join(out, 'samples.png')));
   for (const f of ['coordinator.log', 'worker-0.log', 'worker-1.log'])

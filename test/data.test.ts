@@ -399,6 +399,39 @@ test('mnist: the embedded digits, 10 000 with 10 classes, preprocessed to [32, 3
   assert.equal(Math.max(...x), 1);
 });
 
+test('mnist:train / mnist:test: a fixed 9:1 split per class, disjoint, together the whole set', () => {
+  const all = openMnist();
+  const train = openSource('mnist:train');
+  const test = openSource('mnist:test');
+  assert.equal(train.size + test.size, all.size);
+  // Every 10th digit of a class: ⌊n_c/10⌋ of class c in the test split.
+  const perClass = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978];
+  const hist = new Array<number>(10).fill(0);
+  for (let i = 0; i < test.size; i++) hist[test.label(i)]! += 1;
+  assert.deepEqual(
+    hist,
+    perClass.map((n) => Math.floor(n / 10)),
+  );
+  // Disjoint: no test digit's pixels equal the train digit at the same class position it replaced.
+  const key = (s: ReturnType<typeof openSource>, i: number) => Buffer.from(s.read(i).data).toString('base64');
+  const trainKeys = new Set(Array.from({ length: train.size }, (_, i) => key(train, i)));
+  const allKeys = Array.from({ length: all.size }, (_, i) => key(all, i));
+  const dupInAll = allKeys.length - new Set(allKeys).size;
+  let leaked = 0;
+  for (let i = 0; i < test.size; i++) if (trainKeys.has(key(test, i))) leaked++;
+  // Identical images occurring twice in the package may land on both sides; nothing else may.
+  assert.ok(
+    leaked <= dupInAll,
+    `${leaked} test digits also in train (${dupInAll} duplicates in the package)`,
+  );
+  assert.equal(test.read(0).label, 0);
+  assert.deepEqual(Buffer.from(test.read(0).data), Buffer.from(all.read(9).data));
+  assert.throws(
+    () => openSource('mnist:val'),
+    /data\.dataset: 'mnist:val' is not mnist, mnist:train or mnist:test/,
+  );
+});
+
 const fashionImages = path.join(FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz');
 test(
   'fashion-mnist from the Debian package: 60 000 training images, 6 000 per class',

@@ -92,6 +92,10 @@ export async function evalNll(o: EvalNllOptions): Promise<void> {
   try {
     const T = cfg.diffusion.timesteps;
     const d = cfg.diffusion;
+    if (d.objective !== 'ddpm')
+      throw new UsageError(
+        `eval nll: the bound is that of the discrete DDPM process; diffusion.objective is ${d.objective} (its likelihood needs the probability-flow ODE, not implemented)`,
+      );
     const timesteps = timestepsOption(o.timesteps, T);
     const variance = (o.variance ?? (d.learn_sigma ? 'learned' : d.sigma)) as ReverseVariance;
     const denoiser = jobDenoiser(cfg, dataShape);
@@ -109,6 +113,10 @@ export async function evalNll(o: EvalNllOptions): Promise<void> {
 
     // The examples: the held-out split, or exact draws of an analytic model's mixture.
     const spec = o.data ?? (analytic ? null : heldOutSpec(cfg.data.dataset));
+    if (o.data === undefined && cfg.data.dataset === 'mnist')
+      process.stderr.write(
+        `note: the job trained on all of ${cfg.data.dataset}, which contains ${spec}: the examples are not held out\n`,
+      );
     if (spec === null && !analytic)
       throw new UsageError(
         `--data: the job's dataset ${cfg.data.dataset} has no held-out split to default to; give --data <spec>`,

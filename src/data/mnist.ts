@@ -72,9 +72,35 @@ function loadMnist(): { pixels: Uint8Array; labels: Uint8Array } {
   return cached;
 }
 
-/** `mnist`: the embedded 10 000 digits, [28, 28, 1] uint8, ordered by digit (0s first), labels 0–9. */
-export function openMnist(name = 'mnist'): Source {
-  const { pixels, labels } = loadMnist();
+/** Which embedded digits a `mnist` spec names: all of them, or one side of the fixed held-out split. */
+export type MnistSplit = 'all' | 'train' | 'test';
+
+/**
+ * Indices of a split: `test` is every 10th digit of each class (its 10th, 20th, …), `train` the
+ * rest, so both keep the class balance and neither depends on anything but the package's files.
+ */
+export function mnistSplitIndices(labels: Uint8Array, split: MnistSplit): Int32Array {
+  if (split === 'all') return Int32Array.from(labels, (_, i) => i);
+  const seen = new Array<number>(10).fill(0);
+  const out: number[] = [];
+  labels.forEach((digit, i) => {
+    const k = seen[digit] ?? 0;
+    seen[digit] = k + 1;
+    if ((k % 10 === 9) === (split === 'test')) out.push(i);
+  });
+  return Int32Array.from(out);
+}
+
+/**
+ * `mnist[:train|:test]`: the embedded 10 000 digits, [28, 28, 1] uint8, ordered by digit (0s
+ * first), labels 0–9; `:test` is a fixed tenth of each class held out for evaluation, `:train` the rest.
+ */
+export function openMnist(name = 'mnist', split: MnistSplit = 'all'): Source {
+  const all = loadMnist();
+  const idx = mnistSplitIndices(all.labels, split);
+  const labels = Uint8Array.from(idx, (i) => all.labels[i] as number);
+  const pixels = new Uint8Array(idx.length * PIXELS);
+  idx.forEach((i, k) => pixels.set(all.pixels.subarray(i * PIXELS, (i + 1) * PIXELS), k * PIXELS));
   return {
     name,
     size: labels.length,

@@ -14,7 +14,7 @@ const TOY_DATA_SEED = 0x7079;
 
 /** Every spec form, for messages. */
 export const DATASET_SPECS = [
-  'mnist',
+  'mnist[:train|:test]',
   'fashion-mnist[:test]',
   'idx:<images>[,<labels>]',
   'cifar10:<dir>[:test]',
@@ -48,13 +48,11 @@ function fileAndLabels(spec: string, kind: string, arg: string): [string, string
 /** The stored (unpreprocessed) examples of any spec but `toy:` (which has no stored form). */
 export function openSource(spec: string): Source {
   const { kind, arg } = parseSpec(spec);
-  const noArg = (forms: string) => {
-    if (arg !== '') throw new Error(`data.dataset: '${spec}' is not ${forms}`);
-  };
   switch (kind) {
     case 'mnist':
-      noArg("'mnist' (the embedded 10 000 digits have no splits)");
-      return openMnist(spec);
+      if (arg !== '' && arg !== 'train' && arg !== 'test')
+        throw new Error(`data.dataset: '${spec}' is not mnist, mnist:train or mnist:test`);
+      return openMnist(spec, arg === '' ? 'all' : arg);
     case 'fashion-mnist':
       if (arg !== '' && arg !== 'train' && arg !== 'test')
         throw new Error(`data.dataset: '${spec}' is not fashion-mnist or fashion-mnist:test`);

@@ -16,6 +16,7 @@ import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { drawSamples } from '../model/sampling/sample.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
+import { processOf } from '../model/diffusion/continuous.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readHistory, type HistoryEntry } from './history.js';
@@ -210,6 +211,7 @@ async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer>
       sigma: cfg.diffusion.sigma,
       prediction: cfg.diffusion.prediction,
       learnSigma: cfg.diffusion.learn_sigma,
+      process: processOf(cfg.diffusion),
       clip: shape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: 256,
     });
