@@ -452,3 +452,16 @@ test('eval nll: bad input is one line naming what is wrong, exit code ≠ 0', as
     'failures write nothing',
   );
 });
+
+test('the default held-out split of a job dataset', async () => {
+  const { heldOutSpec } = await import('../src/cli/eval-nll.js');
+  assert.equal(heldOutSpec('mnist'), 'mnist:test');
+  assert.equal(heldOutSpec('mnist:train'), 'mnist:test');
+  assert.equal(heldOutSpec('fashion-mnist'), 'fashion-mnist:test');
+  assert.equal(heldOutSpec('cifar10:/data/c10'), 'cifar10:/data/c10:test');
+  assert.equal(heldOutSpec('cifar10:/data/c10:train'), 'cifar10:/data/c10:test');
+  assert.equal(heldOutSpec('cifar10:/data/c10:test'), null);
+  assert.equal(heldOutSpec('mnist:test'), null);
+  assert.equal(heldOutSpec('toy:8gaussians'), null);
+  assert.equal(heldOutSpec('folder:/x'), null);
+});
