@@ -19,6 +19,7 @@ import { halfTable, toHalf } from '../src/allreduce/fp16.js';
 import { jsKernels, setKernels } from '../src/allreduce/reduce.js';
 import { shmApi } from '../src/allreduce/shm.js';
 import { freePort } from '../src/util/net.js';
+import { ringOpts } from './ring-peers.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'ringdiff-ref-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -100,20 +101,8 @@ async function addresses(transport: 'tcp' | 'ipc', n: number): Promise<string[]>
 async function check(n: number, mode: Mode): Promise<void> {
   const addrs = await addresses(mode.transport, n);
   const rings = await Promise.all(
-    addrs.map((a, r) =>
-      Ring.open({
-        jobId: 'ref-job',
-        rank: r,
-        worldSize: n,
-        generation: 1,
-        bindAddress: a,
-        successorAddress: addrs[(r + 1) % n] as string,
-        timeoutMs: 20_000,
-        // Odd: segments are not whole chunks, chunks not powers of two.
-        chunkBytes: 4100,
-        ...mode.options,
-      }),
-    ),
+    // Odd chunk size: segments are not whole chunks, chunks not powers of two.
+    addrs.map((_, r) => Ring.open({ ...ringOpts(addrs, r), chunkBytes: 4100, ...mode.options })),
   );
   try {
     let seed = 11;

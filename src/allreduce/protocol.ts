@@ -351,42 +351,9 @@ export class Protocol implements OpHost, SocketHost {
     this.link?.send(hb, payload);
   }
 
-  /**
-   * The ring's scratch buffer (at least `length` float32; reused by every call): the
-   * partial sums this rank sends on when it frees received frames (see ops/all-reduce.ts). It may be
-   * overwritten in the next call: a call ends only once the successor has consumed every frame
-   * this rank sent during it.
-   */
+  /** The ring's scratch buffer (see `OpHost.scratch`). */
   scratch(length: number): Float32Array {
     if (!this.scratchBuf || this.scratchBuf.length < length) this.scratchBuf = new Float32Array(length);
     return this.scratchBuf;
-  }
-
-  /** Header of a frame of this ring. */
-  header(
-    seq: number,
-    phase: Phase,
-    step: number,
-    chunk: number,
-    encoding: Encoding,
-    count: number,
-    length: number,
-    chunks: number,
-    root = 0,
-  ): FrameHeader {
-    return {
-      jobId: this.jobId,
-      generation: this.generation,
-      seq,
-      step,
-      phase,
-      chunk,
-      sender: this.rank,
-      encoding,
-      count,
-      length,
-      chunks,
-      root,
-    };
   }
 }

@@ -318,7 +318,6 @@ export interface ShmOptions {
 export class ShmLinks implements ShmSlots {
   /** Whether all-reduce payloads to the successor go through shared memory (fixed at open). */
   private sending: boolean;
-  private readonly cap: number;
   readonly frameBytes: number;
   /** This rank's segment (created by the first all-reduce that uses it; replaced when too small). */
   private own: OwnSegment | null = null;
@@ -326,20 +325,11 @@ export class ShmLinks implements ShmSlots {
   /** Other ranks' segments as mapped here, by rank, and the only names they may have. */
   private readonly peers = new Map<number, PeerSegment>();
   private readonly peerPattern: RegExp;
-  private readonly rank: number;
-  private readonly worldSize: number;
-  private readonly jobId: string;
-  private readonly generation: number;
 
   constructor(
-    o: ShmOptions,
+    private readonly o: ShmOptions,
     private readonly counters: RingCounters,
   ) {
-    this.rank = o.rank;
-    this.worldSize = o.worldSize;
-    this.jobId = o.jobId;
-    this.generation = o.generation;
-    this.cap = o.cap;
     this.frameBytes = o.frameBytes;
     this.peerPattern = segmentPattern(o.jobId, o.generation);
     const why =
@@ -353,7 +343,7 @@ export class ShmLinks implements ShmSlots {
               ? o.option === 'off'
                 ? "sharedMemory 'off'"
                 : 'RINGDIFF_RING_SHM=off'
-              : this.cap < SHM_GRANULE
+              : o.cap < SHM_GRANULE
                 ? 'sharedMemoryBytes below 1 MiB'
                 : shmApi() === null
                   ? (shmUnavailableReason() ?? 'native addon unavailable')
@@ -378,9 +368,9 @@ export class ShmLinks implements ShmSlots {
     if (!api) return null;
     const m = this.peerPattern.exec(name);
     const q = m ? Number(m[1]) : -1;
-    const pred = mod(this.rank - 1, this.worldSize);
-    if (h.sender !== pred || q < 0 || q >= this.worldSize) return null;
-    if (h.phase === Phase.REDUCE_SCATTER ? q !== pred : q === this.rank) return null;
+    const pred = mod(this.o.rank - 1, this.o.worldSize);
+    if (h.sender !== pred || q < 0 || q >= this.o.worldSize) return null;
+    if (h.phase === Phase.REDUCE_SCATTER ? q !== pred : q === this.o.rank) return null;
     let seg = this.peers.get(q);
     if (!seg || seg.name !== name) {
       let opened: PeerSegment;
@@ -420,14 +410,14 @@ export class ShmLinks implements ShmSlots {
     const api = shmApi();
     if (!api) return null;
     const cur = this.own;
-    const want = Math.min(this.cap, bytes);
+    const want = Math.min(this.o.cap, bytes);
     if (cur && cur.bytes >= want && !fresh) return cur;
     const grown = cur && !fresh ? 2 * cur.bytes : (cur?.bytes ?? 0);
-    const size = Math.min(this.cap, Math.max(Math.ceil(want / SHM_GRANULE) * SHM_GRANULE, grown));
+    const size = Math.min(this.o.cap, Math.max(Math.ceil(want / SHM_GRANULE) * SHM_GRANULE, grown));
     cur?.close(api);
     this.own = null;
     try {
-      this.own = OwnSegment.create(api, segmentName(this.jobId, this.generation, this.rank), size);
+      this.own = OwnSegment.create(api, segmentName(this.o.jobId, this.o.generation, this.o.rank), size);
     } catch (e) {
       this.sending = false;
       this.counters.shm.active = false;

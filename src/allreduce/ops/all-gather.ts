@@ -48,7 +48,7 @@ export class AllGatherOp extends SettledOp {
       const lo = Math.min(mine.length, c * this.chunkElems);
       const hi = Math.min(mine.length, lo + this.chunkElems);
       this.ring.send(
-        this.ring.header(this.seq, Phase.GATHER, 0, c, Encoding.F32, hi - lo, mine.length, nc),
+        this.header(this.seq, Phase.GATHER, 0, c, Encoding.F32, hi - lo, mine.length, nc),
         bytesOf(wire.subarray(lo, hi)),
       );
     }
@@ -81,7 +81,7 @@ export class AllGatherOp extends SettledOp {
     cur.set(f32View(f.payload), lo);
     if (s + 1 < this.n - 1)
       this.ring.send(
-        this.ring.header(this.seq, Phase.GATHER, s + 1, c, Encoding.F32, hi - lo, cur.length, nc),
+        this.header(this.seq, Phase.GATHER, s + 1, c, Encoding.F32, hi - lo, cur.length, nc),
         f.payload,
       );
     if (c + 1 < nc) this.chunk = c + 1;

@@ -169,7 +169,7 @@ export class AllReduceOp extends SettledOp {
   }
 
   private doneHeader(step: number, origin: number): FrameHeader {
-    return this.ring.header(this.seq, Phase.DONE, step, 0, this.enc, 0, this.buf.length, 1, origin);
+    return this.header(this.seq, Phase.DONE, step, 0, this.enc, 0, this.buf.length, 1, origin);
   }
 
   /** Elements [lo, hi) of the scratch buffer as fp16 (its first half, same indices as `buf`). */
@@ -275,7 +275,7 @@ export class AllReduceOp extends SettledOp {
     const k = this.sendSeg(s);
     const nc = this.layout.chunks(k);
     const header = (chunk: number, count: number) => {
-      const h = this.ring.header(this.seq, this.phaseOf(s), s, chunk, this.enc, count, this.buf.length, nc);
+      const h = this.header(this.seq, this.phaseOf(s), s, chunk, this.enc, count, this.buf.length, nc);
       if (this.needDone) h.doneRound = true;
       return h;
     };

@@ -52,7 +52,7 @@ export class BroadcastOp extends SettledOp {
 
   /** Header of broadcast chunk `c` holding `count` bytes. */
   private chunkHeader(c: number, count: number): FrameHeader {
-    return this.ring.header(
+    return this.header(
       this.seq,
       Phase.BROADCAST,
       0,
@@ -103,17 +103,7 @@ export class BroadcastOp extends SettledOp {
     if (this.chunk === this.nc) {
       if (succ === this.root)
         this.ring.send(
-          this.ring.header(
-            this.seq,
-            Phase.DONE,
-            0,
-            0,
-            Encoding.BYTES,
-            0,
-            this.bytes.length,
-            this.nc,
-            this.root,
-          ),
+          this.header(this.seq, Phase.DONE, 0, 0, Encoding.BYTES, 0, this.bytes.length, this.nc, this.root),
           Buffer.alloc(0),
         );
       this.ring.finish(this);

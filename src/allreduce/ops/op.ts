@@ -43,6 +43,8 @@ export interface ShmSlots {
 
 /** The ring as a collective sees it (implemented by protocol.ts `Protocol`). */
 export interface OpHost {
+  readonly jobId: string;
+  readonly generation: number;
   readonly rank: number;
   readonly worldSize: number;
   readonly chunkBytes: number;
@@ -50,18 +52,6 @@ export interface OpHost {
   readonly shm: ShmSlots;
   /** Queues a message to the successor (one zeromq.js send in flight at a time). */
   send(h: FrameHeader, payload: Buffer): void;
-  /** Header of a frame of this ring. */
-  header(
-    seq: number,
-    phase: Phase,
-    step: number,
-    chunk: number,
-    encoding: Encoding,
-    count: number,
-    length: number,
-    chunks: number,
-    root?: number,
-  ): FrameHeader;
   /** Called by an op when it has processed its last frame. */
   finish(op: Op): void;
   /**
@@ -127,6 +117,34 @@ export abstract class SettledOp implements Op {
   abstract start(): void;
   abstract handle(f: Frame): void;
   abstract waitingFor(): string;
+
+  /** Header of a frame of this ring. */
+  protected header(
+    seq: number,
+    phase: Phase,
+    step: number,
+    chunk: number,
+    encoding: Encoding,
+    count: number,
+    length: number,
+    chunks: number,
+    root = 0,
+  ): FrameHeader {
+    return {
+      jobId: this.ring.jobId,
+      generation: this.ring.generation,
+      seq,
+      step,
+      phase,
+      chunk,
+      sender: this.ring.rank,
+      encoding,
+      count,
+      length,
+      chunks,
+      root,
+    };
+  }
 
   resolve(): void {
     this.done = true;
