@@ -4,6 +4,7 @@
  */
 import type { FrameHeader } from './frame.js';
 
+/** What an all-reduce computes: the sum over the ranks, or that sum divided by N. */
 export type ReduceOp = 'sum' | 'mean';
 
 /** CURVE keys (Z85 strings of 40 characters, e.g. from `zmq.curveKeyPair()`). */
