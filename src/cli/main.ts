@@ -4,7 +4,7 @@ import { collect, intOption, numberOption } from './common.js';
 
 // Spelled out here so that `--help` needs no TF.js import; a test keeps it equal to the registry.
 const SAMPLER_LIST =
-  'ddpm, ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45, dpmpp-2m, edm-heun or unipc-bh2';
+  'ddpm, ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45, dpmpp-2m, edm-heun, unipc-bh2 or dpmpp-2m-sde';
 
 /** Parses argv and runs the chosen command. */
 export async function main(argv: string[]): Promise<void> {

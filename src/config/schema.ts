@@ -442,6 +442,7 @@ export const SAMPLER_NAMES = [
   'dpmpp-2m',
   'edm-heun',
   'unipc-bh2',
+  'dpmpp-2m-sde',
 ] as const;
 export const DISCRETIZATION_NAMES = ['auto', 'uniform', 'quadratic', 'karras', 'trailing'] as const;
 
@@ -452,7 +453,7 @@ export const SampleSchema = z
       .enum(SAMPLER_NAMES)
       .default('ddim')
       .describe(
-        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2 (see docs/samplers.md).',
+        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2, dpmpp-2m-sde (see docs/samplers.md).',
       ),
     steps: int(1)
       .default(100)
