@@ -100,6 +100,7 @@ const ORACLE: OracleRun[] = [
   { sampler: 'dpmpp-2m', steps: 60 },
   { sampler: 'edm-heun', steps: 60, churn: 10 },
   { sampler: 'unipc-bh2', steps: 40 },
+  { sampler: 'dpmpp-2m-sde', steps: 100 },
 ];
 
 test('the oracle table covers every sampler', () => {

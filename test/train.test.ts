@@ -23,6 +23,7 @@ import {
   powerEmaSigmaRel,
 } from '../src/model/optim.js';
 import { type StepContext } from '../src/model/train.js';
+import { continuousWeight, edmProcess, sdeProcess } from '../src/model/diffusion/continuous.js';
 import { closeJob, openJob } from '../src/job/job.js';
 import { checkResumeCompatible } from '../src/job/resume.js';
 import { saveCheckpoint } from '../src/job/snapshot.js';
@@ -36,7 +37,7 @@ await cpuBackend();
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-/** Objectives the shard-invariance test covers: the default, and v-prediction with min-SNR and offset noise. */
+/** Objectives the shard-invariance test covers: ε, learned variance, v with min-SNR and offset noise, EDM and a VE SDE. */
 const OBJECTIVES = [
   { name: 'ε', ctx: (): Partial<StepContext> => ({}) },
   {
@@ -59,6 +60,26 @@ const OBJECTIVES = [
       prediction: 'v',
       lossWeights: lossWeights('min_snr', 'v', scheduleFor('linear', 50), 5),
       vlbWeight: 0.001,
+    }),
+  },
+  {
+    name: 'EDM (continuous σ in each bin)',
+    ctx: (): Partial<StepContext> => ({
+      continuous: {
+        process: edmProcess({ sigmaData: 0.5, pMean: -1.2, pStd: 1.2, sigmaMin: 0.002, sigmaMax: 80 }),
+        weight: null,
+      },
+    }),
+  },
+  {
+    name: 'VE SDE, v, min-SNR-5, offset noise 0.1',
+    ctx: (): Partial<StepContext> => ({
+      prediction: 'v',
+      offsetNoise: 0.1,
+      continuous: {
+        process: sdeProcess('ve', { betaMin: 0.1, betaMax: 20, sigmaMin: 0.01, sigmaMax: 50 }),
+        weight: (sigma) => continuousWeight('min_snr', 'v', 5, sigma),
+      },
     }),
   },
 ];
@@ -195,6 +216,7 @@ const SMALL_ADM = [
 for (const [what, sets] of [
   ['mlp', SMALL],
   ['ADM U-Net with dropout, learned variance and the power EMA', SMALL_ADM],
+  ['mlp, EDM with the importance sampler', [...SMALL, 'diffusion.objective=edm', 'sample.sampler=edm-heun']],
 ] as const)
   test(`resume is exact (${what}): 3 steps + checkpoint + 3 steps equals 6 steps bit for bit`, async () => {
     const a = tmp();
@@ -364,7 +386,20 @@ test('a checkpoint written before a key existed resumes (the key takes its defau
     diffusion: Record<string, unknown>;
     train: Record<string, unknown>;
   };
-  for (const k of ['prediction', 'loss_weighting', 'min_snr_gamma', 'zero_terminal_snr', 'offset_noise'])
+  for (const k of [
+    'prediction',
+    'loss_weighting',
+    'min_snr_gamma',
+    'zero_terminal_snr',
+    'offset_noise',
+    'objective',
+    'sde',
+    'beta_min',
+    'beta_max',
+    'sigma_data',
+    'p_mean',
+    'p_std',
+  ])
     delete old.diffusion[k];
   delete old.train.lr_schedule;
   delete old.train.lr_final;
@@ -372,6 +407,11 @@ test('a checkpoint written before a key existed resumes (the key takes its defau
   const v = loadConfig(undefined, ['diffusion.prediction=v']);
   assert.throws(
     () => checkResumeCompatible(old, v, 'ckpt-old'),
+    /ckpt-old: checkpoint was written with diffusion = /,
+  );
+  const edm = loadConfig(undefined, ['diffusion.objective=edm', 'sample.sampler=edm-heun']);
+  assert.throws(
+    () => checkResumeCompatible(old, edm, 'ckpt-old'),
     /ckpt-old: checkpoint was written with diffusion = /,
   );
   const cosine = loadConfig(undefined, ['train.lr_schedule=cosine']);

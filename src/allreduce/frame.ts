@@ -7,11 +7,12 @@
  *    (loaded at run time with protobufjs): job id, generation, collective sequence number `seq`,
  *    ring `step`, `phase`, `chunk` index, `sender` rank, payload `encoding` and element `count`,
  *    the collective's `length` in elements, the number of `chunks` in this segment, and the
- *    broadcast `root` (in an all-reduce's DONE tokens: the rank that issued the token, see ring.ts);
+ *    broadcast `root` (in an all-reduce's DONE tokens: the rank that issued the token, see
+ *    ops/all-reduce.ts);
  * 2. the payload: `count` little-endian float32 (`F32`), IEEE binary16 (`F16`) values or bytes
  *    (`BYTES`); for `ABORT` a UTF-8 reason; empty for `DONE`.
  *
- * Shared-memory frames (all-reduce data between ranks of one host, see ring.ts): the header also
+ * Shared-memory frames (all-reduce data between ranks of one host, see transport.ts): the header also
  * names a segment (`shm_segment`) and the byte offset of the payload in it (`shm_offset`, a double
  * holding an integer); the payload frame is then empty and the `count × element size` bytes at
  * that offset are the payload. (Receivers of an older version ignore the two fields, as proto3
@@ -76,7 +77,7 @@ export interface FrameHeader {
   shmOffset?: number;
   /** Authenticated rings: index of the message on its link (1, 2, …); absent or 0 otherwise. */
   linkIndex?: number;
-  /** All-reduce data frames: the call ends with the DONE round (see ring.ts); absent: false. */
+  /** All-reduce data frames: the call ends with the DONE round (see ops/all-reduce.ts); absent: false. */
   doneRound?: boolean;
 }
 

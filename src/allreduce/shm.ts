@@ -1,5 +1,5 @@
 /**
- * Shared-memory segments for the ring's same-host payload path (see "Shared memory" in ring.ts).
+ * Shared-memory segments for the ring's same-host payload path (see "Shared memory" in transport.ts).
  *
  * A rank whose successor is on the same host writes its all-reduce payloads into a segment it
  * creates in /dev/shm and sends only headers over ZeroMQ; the successor maps the segment read-only

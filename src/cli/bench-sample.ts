@@ -12,6 +12,7 @@ import { initBackend } from '../model/backend/index.js';
 import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams } from '../model/params.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
+import { processOf } from '../model/diffusion/continuous.js';
 import { mixtureOf, sampleMixture } from '../model/nets/analytic.js';
 import { openDataset } from '../data/spec.js';
 import { SAMPLER_NAMES, type SamplerName } from '../model/sampling/registry.js';
@@ -117,13 +118,25 @@ export async function benchSample(o: BenchSampleCliOptions): Promise<BenchRow[]>
       target = { reference: rows(0), second: rows(1), mixture: null };
       what = `${src.what} against ${ds.spec}, ${count} samples`;
     }
-    const runs = benchRuns(samplers, steps, tolerances, schedule.T);
+    const proc = processOf(cfg.diffusion);
+    const discreteOnly: SamplerName[] = samplers.filter((n) => n === 'ddpm' || n === 'ddim');
+    if (proc && o.samplers && discreteOnly.length > 0)
+      throw new UsageError(
+        `--samplers: ${discreteOnly.join(', ')} walk the timesteps of objective ddpm; the model's objective is ${cfg.diffusion.objective}`,
+      );
+    const runs = benchRuns(
+      proc ? samplers.filter((n) => !discreteOnly.includes(n)) : samplers,
+      steps,
+      tolerances,
+      schedule.T,
+    );
     const rows = runSampleBench({
       model,
       params,
       schedule,
       prediction: cfg.diffusion.prediction,
       learnSigma: cfg.diffusion.learn_sigma,
+      process: proc,
       clip: dataShape.length === 3 && cfg.diffusion.clip_denoised,
       target,
       runs,

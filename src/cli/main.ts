@@ -4,7 +4,7 @@ import { collect, intOption, numberOption } from './common.js';
 
 // Spelled out here so that `--help` needs no TF.js import; a test keeps it equal to the registry.
 const SAMPLER_LIST =
-  'ddpm, ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45, dpmpp-2m, edm-heun or unipc-bh2';
+  'ddpm, ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45, dpmpp-2m, edm-heun, unipc-bh2 or dpmpp-2m-sde';
 
 /** Parses argv and runs the chosen command. */
 export async function main(argv: string[]): Promise<void> {
@@ -247,6 +247,44 @@ export async function main(argv: string[]): Promise<void> {
       await benchSample(o);
     });
 
+  const evalCmd = program.command('eval').description('evaluate a trained model and its samples');
+  evalCmd
+    .command('nll')
+    .description('variational bound on the NLL of held-out data, bits/dim ± SE, and where the bits go')
+    .option('--checkpoint <dir>', 'a run directory (its newest checkpoint) or a checkpoint (ckpt-<step>)')
+    .option('-c, --config <file>', 'a config with model.kind: analytic (no checkpoint needed)')
+    .option('--set <key=value>', 'override a key of --config (repeatable)', collect, [])
+    .option('--data <spec>', "held-out data (default: the job dataset's test split; analytic: exact draws)")
+    .option(
+      '--count <n>',
+      'examples, evenly spaced over the set (default min(1000, size))',
+      intOption('--count', 1),
+    )
+    .option(
+      '--timesteps <k>',
+      'network calls per example: 2…T (stratified estimate) or all (full bound)',
+      'all',
+    )
+    .option(
+      '--variance <v>',
+      'beta, posterior, learned or optimal (analytic only); default: as the model samples',
+    )
+    .option('--batch <b>', 'examples per network call', intOption('--batch', 1), 64)
+    .option('--seed <s>', 'seed of the noise and timestep draws', intOption('--seed', 0), 0)
+    .option('--json', 'print one JSON object')
+    .option(
+      '--out <file>',
+      'write the JSON with the per-term curve here (default: <run dir>/eval/nll-*.json)',
+    )
+    .option('--raw', 'use the raw (non-EMA) weights')
+    .addOption(backendOpt())
+    .option('--no-progress', 'no progress bar')
+    .showHelpAfterError(false)
+    .action(async (o) => {
+      const { evalNll } = await import('./eval-nll.js');
+      await evalNll({ ...o, ema: !o.raw });
+    });
+
   const data = program.command('data').description('dataset tools');
   data
     .command('inspect <spec>')
@@ -276,7 +314,6 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   // `eval fid` and `eval train-features`: sample-quality metrics (src/eval/).
-  const evalCmd = program.command('eval').description('evaluate samples and models');
   evalCmd
     .command('fid')
     .description(

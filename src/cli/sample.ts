@@ -10,6 +10,7 @@ import { initBackend } from '../model/backend/index.js';
 import { analyticDataShape, jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost, type Params } from '../model/params.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
+import { processOf } from '../model/diffusion/continuous.js';
 import { sampleSet } from '../model/sampling/sample.js';
 import { SAMPLER_NAMES, samplerNamed, type SamplerName } from '../model/sampling/registry.js';
 import { DEFAULT_SETTINGS, type SamplerSettings, type SettingKey } from '../model/sampling/sampler.js';
@@ -218,6 +219,7 @@ export async function sample(o: SampleOptions): Promise<void> {
       sigma: cfg.diffusion.sigma,
       prediction: cfg.diffusion.prediction,
       learnSigma: cfg.diffusion.learn_sigma,
+      process: processOf(cfg.diffusion),
       clip: dataShape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: o.chunk,
       onProgress: (d, t) => {

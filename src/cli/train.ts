@@ -19,6 +19,7 @@ import { writeReport } from '../telemetry/report.js';
 import type { Denoiser } from '../model/nets/denoiser.js';
 import type { Params } from '../model/params.js';
 import type { Schedule } from '../model/diffusion/schedule.js';
+import { processOf } from '../model/diffusion/continuous.js';
 
 export interface TrainOptions {
   config?: string;
@@ -57,6 +58,7 @@ export async function writeSamplesFrom(
     sigma: cfg.diffusion.sigma,
     prediction: cfg.diffusion.prediction,
     learnSigma: cfg.diffusion.learn_sigma,
+    process: processOf(cfg.diffusion),
     clip: images && cfg.diffusion.clip_denoised,
     chunk: 256,
   });

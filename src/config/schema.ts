@@ -289,14 +289,79 @@ export const DiffusionSchema = z
       .min(0)
       .default(0.001)
       .describe('λ of L_hybrid = L_simple + λ·L_vlb with learn_sigma (0.001, as Nichol & Dhariwal 2021).'),
+    objective: z
+      .enum(['ddpm', 'sde', 'edm'])
+      .default('ddpm')
+      .describe(
+        'ddpm: T discrete timesteps of diffusion.schedule; sde: the continuous-time SDE diffusion.sde trained by denoising score matching (Song et al. 2021); edm: Karras et al. 2022 preconditioning with log-normal σ. timesteps are then the bins of the timestep sampler (see src/model/diffusion/continuous.ts).',
+      ),
+    sde: z
+      .enum(['vp', 've', 'subvp'])
+      .default('vp')
+      .describe('SDE of objective sde: vp (β_min…β_max), ve (σ_min…σ_max, geometric) or subvp.'),
+    beta_min: z
+      .number()
+      .positive()
+      .default(0.1)
+      .describe('β(0) of the vp and subvp SDEs (0.1, as Song et al. 2021).'),
+    beta_max: z
+      .number()
+      .positive()
+      .default(20)
+      .describe('β(1) of the vp and subvp SDEs (20, as Song et al. 2021).'),
+    sigma_min: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        'Smallest σ: of the ve SDE (default 0.01, Song et al.) or where edm sampling ends (default 0.002, Karras et al.).',
+      ),
+    sigma_max: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        'Largest σ: of the ve SDE (default 50, Song et al. for CIFAR-10: about the largest distance between two examples) or where edm sampling starts (default 80).',
+      ),
+    sigma_data: z
+      .number()
+      .positive()
+      .default(0.5)
+      .describe('σ_data of edm preconditioning (0.5, Karras et al. 2022).'),
+    p_mean: z.number().default(-1.2).describe('Mean of ln σ in edm training (−1.2, Karras et al. 2022).'),
+    p_std: z
+      .number()
+      .positive()
+      .default(1.2)
+      .describe('Std of ln σ in edm training (1.2, Karras et al. 2022).'),
   })
   .superRefine((d, ctx) => {
+    const bad = (key: string, message: string) => ctx.addIssue({ code: 'custom', path: [key], message });
     if (d.zero_terminal_snr && d.prediction === 'eps')
-      ctx.addIssue({
-        code: 'custom',
-        path: ['zero_terminal_snr'],
-        message: 'needs diffusion.prediction x0 or v (ε says nothing about x0 at zero SNR)',
-      });
+      bad('zero_terminal_snr', 'needs diffusion.prediction x0 or v (ε says nothing about x0 at zero SNR)');
+    if (d.objective !== 'ddpm') {
+      // These exist only for DDPM's discrete chain (its posterior and its last timestep).
+      if (d.learn_sigma)
+        bad('learn_sigma', `is for objective ddpm (its discrete posterior), objective is ${d.objective}`);
+      if (d.zero_terminal_snr) bad('zero_terminal_snr', `is for objective ddpm, objective is ${d.objective}`);
+    }
+    if (d.objective === 'edm') {
+      if (d.prediction !== 'eps')
+        bad(
+          'prediction',
+          "objective edm trains EDM's preconditioned F; leave prediction at eps (its default)",
+        );
+      if (d.loss_weighting !== 'none')
+        bad(
+          'loss_weighting',
+          'objective edm has its own weighting λ(σ) = 1/c_out²; leave loss_weighting at none',
+        );
+    }
+    if (d.objective === 'sde' && d.sde !== 've' && !(d.beta_max > d.beta_min))
+      bad('beta_max', `must exceed beta_min (${d.beta_min}), got ${d.beta_max}`);
+    const lo = d.sigma_min ?? (d.objective === 'edm' ? 0.002 : 0.01);
+    const hi = d.sigma_max ?? (d.objective === 'edm' ? 80 : 50);
+    if (!(hi > lo)) bad('sigma_max', `must exceed sigma_min (${lo}), got ${hi}`);
   })
   .prefault({});
 
@@ -377,6 +442,7 @@ export const SAMPLER_NAMES = [
   'dpmpp-2m',
   'edm-heun',
   'unipc-bh2',
+  'dpmpp-2m-sde',
 ] as const;
 export const DISCRETIZATION_NAMES = ['auto', 'uniform', 'quadratic', 'karras', 'trailing'] as const;
 
@@ -387,7 +453,7 @@ export const SampleSchema = z
       .enum(SAMPLER_NAMES)
       .default('ddim')
       .describe(
-        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2 (see docs/samplers.md).',
+        'End-of-run sampler: ddpm (all T steps), ddim, sde-euler, pc-langevin, ode-euler, ode-heun, ode-rk45 (adaptive), dpmpp-2m, edm-heun, unipc-bh2, dpmpp-2m-sde (see docs/samplers.md).',
       ),
     steps: int(1)
       .default(100)
@@ -527,15 +593,25 @@ export const ClusterSchema = z
   })
   .prefault({});
 
-export const ConfigSchema = z.strictObject({
-  run: RunSchema,
-  data: DataSchema,
-  model: ModelSchema,
-  diffusion: DiffusionSchema,
-  train: TrainSchema,
-  sample: SampleSchema,
-  cluster: ClusterSchema,
-});
+export const ConfigSchema = z
+  .strictObject({
+    run: RunSchema,
+    data: DataSchema,
+    model: ModelSchema,
+    diffusion: DiffusionSchema,
+    train: TrainSchema,
+    sample: SampleSchema,
+    cluster: ClusterSchema,
+  })
+  .superRefine((c, ctx) => {
+    // DDPM and DDIM walk the discrete timesteps of objective ddpm; continuous models have none.
+    if (c.diffusion.objective !== 'ddpm' && (c.sample.sampler === 'ddpm' || c.sample.sampler === 'ddim'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['sample', 'sampler'],
+        message: `${c.sample.sampler} walks the timesteps of objective ddpm; objective ${c.diffusion.objective} needs a σ sampler (edm-heun, dpmpp-2m, unipc-bh2, ode-heun, sde-euler, …)`,
+      });
+  });
 
 export type Config = z.infer<typeof ConfigSchema>;
 export type ModelConfig = Config['model'];

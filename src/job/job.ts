@@ -14,6 +14,8 @@ import { jobDenoiser } from '../model/nets/factory.js';
 import type { Denoiser } from '../model/nets/denoiser.js';
 import { scheduleOf, type Schedule } from '../model/diffusion/schedule.js';
 import { lossWeights } from '../model/diffusion/weighting.js';
+import { continuousWeight, processOf } from '../model/diffusion/continuous.js';
+import type { StepContext } from '../model/train.js';
 import { createSampler, type SamplerState, type TimestepSampler } from '../model/diffusion/timesteps.js';
 import { disposeState, initialState, type TrainState } from '../model/optim.js';
 import { latestValidCheckpoint } from '../model/checkpoint.js';
@@ -26,12 +28,25 @@ export interface Job {
   dataset: Dataset;
   model: Denoiser;
   schedule: Schedule;
-  /** λ_t of the loss weighting per timestep; null = all 1 (none). */
+  /** λ_t of the loss weighting per timestep; null = all 1 (none, or a continuous objective). */
   lossWeights: Float64Array | null;
+  /** The continuous-time objective and its λ(σ) (diffusion.objective sde or edm); null = DDPM. */
+  continuous: StepContext['continuous'];
   sampler: TimestepSampler;
   batches: GlobalBatches;
   state: TrainState;
   resumedFrom: string | null;
+}
+
+/** The step context's continuous objective of `d` (null for objective ddpm). */
+function continuousOf(d: ResolvedConfig['diffusion']): StepContext['continuous'] {
+  const process = processOf(d);
+  if (!process) return null;
+  const weight =
+    d.loss_weighting === 'min_snr'
+      ? (sigma: number) => continuousWeight('min_snr', d.prediction, d.min_snr_gamma, sigma)
+      : null;
+  return { process, weight };
 }
 
 /** A job at step 0 (weights from the seed) over `dataset`; no checkpoint is read. */
@@ -49,9 +64,10 @@ export function createJob(cfg: ResolvedConfig, dataset: Dataset): Job {
     model,
     schedule,
     lossWeights:
-      d.loss_weighting === 'none'
+      d.loss_weighting === 'none' || d.objective !== 'ddpm'
         ? null
         : lossWeights(d.loss_weighting, d.prediction, schedule, d.min_snr_gamma),
+    continuous: continuousOf(d),
     sampler: samplerFor(cfg),
     // The one place the global batch size enters a job: steps, shards and the coordinator's
     // shard reads take it from here (job.batches.B).

@@ -142,6 +142,7 @@ export async function fusedStep(
     lossWeights: job.lossWeights,
     offsetNoise: cfg.diffusion.offset_noise,
     vlbWeight: cfg.diffusion.learn_sigma ? cfg.diffusion.vlb_weight : null,
+    continuous: job.continuous,
   });
   const layout = fusedLayout(state.params, B);
   const fused = packFused(layout, res.grads, res.losses, shard.from);

@@ -21,6 +21,10 @@ export const Purpose = {
   dropout: 9,
   /** Exact draws from an analytic model's data distribution (references of `bench sample`). */
   oracle: 10,
+  /** Position of a continuous-time example inside its timestep bin (src/model/diffusion/continuous.ts). */
+  timeJitter: 11,
+  /** Per-example forward noise and stratified timesteps of the likelihood bound (`eval nll`). */
+  evalNoise: 12,
 } as const;
 export type Purpose = (typeof Purpose)[keyof typeof Purpose];
 

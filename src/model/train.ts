@@ -16,6 +16,7 @@ import { perExampleMse } from './diffusion/loss.js';
 import { qSample } from './diffusion/process.js';
 import { Purpose, stream } from './rng.js';
 import { ExampleDropout } from './dropout.js';
+import { continuousTraining, type ContinuousProcess } from './diffusion/continuous.js';
 
 /** A contiguous shard of a global batch: positions [from, from + n) with their data. */
 export interface Shard {
@@ -47,6 +48,33 @@ export interface StepContext {
   offsetNoise?: number;
   /** λ of L_hybrid when the model learns its variance (its output has doubled channels); absent = no. */
   vlbWeight?: number | null;
+  /**
+   * A continuous-time objective (SDE or EDM): `probs` are then over its bins and each example's
+   * σ lies inside its bin (continuous.ts); λ(σ) per example replaces `lossWeights`. Absent = DDPM.
+   */
+  continuous?: { process: ContinuousProcess; weight: ((sigma: number) => number) | null } | null;
+}
+
+/** λ per example of a micro-batch (bins `t`, levels `sigma` of a continuous objective), or null = all 1. */
+function exampleWeights(ctx: StepContext, t: Int32Array, sigma: Float64Array | null): Float32Array | null {
+  const f = ctx.continuous?.weight;
+  if (sigma) return f ? Float32Array.from(sigma, f) : null;
+  const lambda = ctx.lossWeights;
+  return lambda ? Float32Array.from(t, (ti) => lambda[ti] as number) : null;
+}
+
+/** σ of each example of positions [from, from + n): bin k_i and a uniform from its own stream. */
+export function continuousSigmas(
+  ctx: StepContext,
+  process: ContinuousProcess,
+  bins: Int32Array,
+  from: number,
+): Float64Array {
+  const K = ctx.probs.length;
+  return Float64Array.from(bins, (k, i) => {
+    const u = stream(ctx.seed, ctx.step, from + i, Purpose.timeJitter).uniform();
+    return process.sigmaAtQuantile((k + u) / K);
+  });
 }
 
 export interface ShardResult {
@@ -127,16 +155,27 @@ export function shardGradients(model: Denoiser, params: Params, shard: Shard, ct
     const n = Math.min(mb, shard.n - start);
     const pos = shard.from + start;
     const tSlice = t.subarray(start, start + n);
+    const cont = ctx.continuous ?? null;
+    const sigma = cont ? continuousSigmas(ctx, cont.process, tSlice, pos) : null;
     const res = tf.tidy(() => {
       const shape = [n, ...model.dataShape];
       const x0 = tf.tensor(shard.x0.subarray(start * exampleSize, (start + n) * exampleSize), shape);
       const noise = tf.tensor(trainingNoise(ctx, pos, n, model.dataShape, ctx.offsetNoise ?? 0), shape);
-      const xt = qSample(ctx.schedule, x0, tSlice, noise);
-      const target = targetFor(pred, ctx.schedule, x0, noise, tSlice);
-      const tT = tf.tensor1d(Float32Array.from(tSlice), 'float32');
-      const lambda = ctx.lossWeights;
+      let xt: tf.Tensor;
+      let target: tf.Tensor;
+      let tT: tf.Tensor1D;
+      if (cont && sigma) {
+        const c = continuousTraining(cont.process, pred, x0, noise, sigma);
+        xt = c.input;
+        target = c.target;
+        tT = tf.tensor1d(c.time, 'float32');
+      } else {
+        xt = qSample(ctx.schedule, x0, tSlice, noise);
+        target = targetFor(pred, ctx.schedule, x0, noise, tSlice);
+        tT = tf.tensor1d(Float32Array.from(tSlice), 'float32');
+      }
       // λ enters the recorded losses too: the importance sampler then evens out what is optimised.
-      const lam = lambda ? Float32Array.from(tSlice, (ti) => lambda[ti] as number) : null;
+      const lam = exampleWeights(ctx, tSlice, sigma);
       const wHost = weights.slice(start, start + n);
       if (lam) for (let i = 0; i < n; i++) wHost[i] = (wHost[i] as number) * (lam[i] as number);
       const w = tf.tensor1d(wHost, 'float32');

@@ -5,7 +5,7 @@
  * can be mailed or archived on its own.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { validateConfig } from '../config/load.js';
 import { requireResolved, type ResolvedConfig } from '../config/resolve.js';
@@ -16,6 +16,7 @@ import { jobDenoiser } from '../model/nets/factory.js';
 import { disposeParams, paramsFromHost } from '../model/params.js';
 import { drawSamples } from '../model/sampling/sample.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
+import { processOf } from '../model/diffusion/continuous.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readHistory, type HistoryEntry } from './history.js';
@@ -125,6 +126,59 @@ export function weightsChart(p: ArrayLike<number>, bars = 50): string {
   });
 }
 
+/** What the report reads of an `eval nll` file (<out_dir>/eval/nll-*.json). */
+interface NllFile {
+  step: number | null;
+  variance: string;
+  timesteps: number;
+  T: number;
+  count: number;
+  decoder: string;
+  bits_per_dim: { mean: number; se: number | null };
+  terms_bits_per_dim: Record<'prior' | 'kl' | 'decoder', { mean: number }>;
+  curve: Array<{ from: number; to: number; bits: number }>;
+}
+
+/** The likelihood section: a table of every `eval nll` file and the per-term curves ('' if none). */
+export function nllSection(outDir: string): string {
+  const evalDir = path.join(outDir, 'eval');
+  const names = existsSync(evalDir) ? readdirSync(evalDir).filter((n) => /^nll-.*\.json$/.test(n)) : [];
+  const files: Array<[string, NllFile]> = [];
+  for (const n of names.sort()) {
+    try {
+      const j = JSON.parse(readFileSync(path.join(evalDir, n), 'utf8')) as NllFile;
+      if (Array.isArray(j.curve) && typeof j.bits_per_dim?.mean === 'number') files.push([n, j]);
+    } catch {
+      // A file being written or foreign: the next report shows it.
+    }
+  }
+  if (files.length === 0) return '';
+  files.sort(([, a], [, b]) => (a.step ?? 0) - (b.step ?? 0));
+  const f = (v: number) => v.toFixed(4);
+  const rows = files.map(
+    ([, j]) =>
+      `<tr><td>${j.step ?? '–'}</td><td>${esc(j.variance)}</td><td>${j.timesteps === j.T ? `all ${j.T}` : `${j.timesteps} of ${j.T}`}</td><td>${j.count}</td><td><b>${f(j.bits_per_dim.mean)}</b> ± ${j.bits_per_dim.se === null ? '–' : f(j.bits_per_dim.se)}</td><td>${f(j.terms_bits_per_dim.prior.mean)}</td><td>${f(j.terms_bits_per_dim.kl.mean)}</td><td>${f(j.terms_bits_per_dim.decoder.mean)}</td><td>${esc(j.decoder)}</td></tr>`,
+  );
+  const colors = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b'];
+  // t = 0 is the decoder (a different quantity, often negative for continuous data): in the table only.
+  const series: Series[] = files.map(([, j], i) => ({
+    name: `step ${j.step ?? '–'}, ${j.variance}`,
+    color: colors[i % colors.length] as string,
+    points: j.curve.filter((c) => c.from > 0).map((c): [number, number] => [(c.from + c.to) / 2, c.bits]),
+  }));
+  const chart = lineChart(series, {
+    title: 'Where the bits go: mean L_t per timestep (bits/dim)',
+    xLabel: 'timestep t',
+    yLabel: 'bits/dim',
+    logY: true,
+    markers: files.some(([, j]) => j.timesteps < j.T),
+  });
+  return `<h2>Likelihood (ringdiff eval nll)</h2>
+<table><tr><td>step</td><td>variance</td><td>timesteps</td><td>examples</td><td>bound, bits/dim ± SE</td><td>prior L_T</td><td>Σ KL L_t</td><td>decoder L_0</td><td>decoder</td></tr>
+${rows.join('\n')}</table>
+<div class="charts">${chart}</div>`;
+}
+
 const pngTag = (buf: Buffer, alt: string) =>
   `<img alt="${esc(alt)}" src="data:image/png;base64,${buf.toString('base64')}" style="image-rendering:pixelated;max-width:100%"/>`;
 
@@ -157,6 +211,7 @@ async function checkpointGrid(dir: string, cfg: ResolvedConfig): Promise<Buffer>
       sigma: cfg.diffusion.sigma,
       prediction: cfg.diffusion.prediction,
       learnSigma: cfg.diffusion.learn_sigma,
+      process: processOf(cfg.diffusion),
       clip: shape.length === 3 && cfg.diffusion.clip_denoised,
       chunk: 256,
     });
@@ -302,6 +357,7 @@ export async function writeReport(outDir: string, opts: ReportOptions = {}): Pro
 ${grids.join('\n')}
 ${existsSync(finalPng) ? `<h2>End-of-run samples</h2>${pngTag(readFileSync(finalPng), 'end-of-run samples')}` : ''}
 <h2>Timestep sampling</h2><div class="charts">${weights}</div>
+${nllSection(outDir)}
 </body></html>
 `;
   const file = path.join(outDir, 'report.html');

@@ -83,6 +83,42 @@ function componentOf(weights: readonly number[], u: number): number {
 }
 
 /**
+ * Responsibilities r_k(x_i) of the components for example i of x (B × D row-major) at noise
+ * variance s2, written into `r` (K values); a label y < K pins component y.
+ */
+function responsibilities(
+  m: Mixture,
+  logw: readonly number[],
+  x: ArrayLike<number>,
+  i: number,
+  s2: number,
+  y: number,
+  r: Float64Array,
+): void {
+  const K = m.weights.length;
+  const D = m.means[0]?.length ?? 0;
+  let top = -Infinity;
+  for (let k = 0; k < K; k++) {
+    if (y < K && k !== y) {
+      r[k] = -Infinity;
+      continue;
+    }
+    const mu = m.means[k] as readonly number[];
+    const sd = m.std[k] as readonly number[];
+    let q = 0;
+    for (let d = 0; d < D; d++) {
+      const v = (sd[d] as number) ** 2 + s2;
+      q += ((x[i * D + d] as number) - (mu[d] as number)) ** 2 / v + Math.log(v);
+    }
+    r[k] = (logw[k] as number) - 0.5 * q;
+    top = Math.max(top, r[k] as number);
+  }
+  let z = 0;
+  for (let k = 0; k < K; k++) z += Math.exp((r[k] as number) - top);
+  for (let k = 0; k < K; k++) r[k] = Math.exp((r[k] as number) - top) / z;
+}
+
+/**
  * E[x₀ | x₀ + σε = x] of the mixture, on the host in float64 (a few components in a few
  * dimensions: a loop beats a chain of small tensor ops). x: B × D row-major; per-example σ (B values
  * ≥ 0); labels (B values, k < K: component k; K or null: the mixture). Returns B × D.
@@ -93,47 +129,52 @@ export function mixtureDenoiseHost(
   sigma: ArrayLike<number>,
   labels: ArrayLike<number> | null,
 ): Float64Array {
+  return mixturePosteriorHost(m, x, sigma, labels, false).mean;
+}
+
+/**
+ * Mean and per-coordinate variance of x₀ given x₀ + σε = x (as `mixtureDenoiseHost`; variance
+ * only when asked, else empty): Var = Σ_k r_k (v_k + (m_k − mean)²), v_k = s_k²σ²/(s_k² + σ²).
+ */
+export function mixturePosteriorHost(
+  m: Mixture,
+  x: ArrayLike<number>,
+  sigma: ArrayLike<number>,
+  labels: ArrayLike<number> | null,
+  withVariance = true,
+): { mean: Float64Array; variance: Float64Array } {
   const K = m.weights.length;
   const D = m.means[0]?.length ?? 0;
   const B = sigma.length;
-  const out = new Float64Array(B * D);
-  const logr = new Float64Array(K);
+  const mean = new Float64Array(B * D);
+  const variance = new Float64Array(withVariance ? B * D : 0);
+  const r = new Float64Array(K);
   const logw = m.weights.map(Math.log);
+  const compMean = (k: number, i: number, d: number, s2: number): number => {
+    const mu = (m.means[k] as readonly number[])[d] as number;
+    const v = ((m.std[k] as readonly number[])[d] as number) ** 2;
+    return mu + (v / (v + s2)) * ((x[i * D + d] as number) - mu);
+  };
   for (let i = 0; i < B; i++) {
     const s2 = (sigma[i] as number) ** 2;
-    const y = labels ? (labels[i] as number) : K;
-    let top = -Infinity;
+    responsibilities(m, logw, x, i, s2, labels ? (labels[i] as number) : K, r);
     for (let k = 0; k < K; k++) {
-      if (y < K && k !== y) {
-        logr[k] = -Infinity;
-        continue;
-      }
-      const mu = m.means[k] as readonly number[];
-      const sd = m.std[k] as readonly number[];
-      let q = 0;
-      for (let d = 0; d < D; d++) {
-        const v = (sd[d] as number) ** 2 + s2;
-        q += ((x[i * D + d] as number) - (mu[d] as number)) ** 2 / v + Math.log(v);
-      }
-      logr[k] = (logw[k] as number) - 0.5 * q;
-      top = Math.max(top, logr[k] as number);
+      const rk = r[k] as number;
+      if (rk === 0) continue;
+      for (let d = 0; d < D; d++) mean[i * D + d] = (mean[i * D + d] as number) + rk * compMean(k, i, d, s2);
     }
-    let z = 0;
-    for (let k = 0; k < K; k++) z += Math.exp((logr[k] as number) - top);
+    if (!withVariance) continue;
     for (let k = 0; k < K; k++) {
-      const r = Math.exp((logr[k] as number) - top) / z;
-      if (r === 0) continue;
-      const mu = m.means[k] as readonly number[];
-      const sd = m.std[k] as readonly number[];
+      const rk = r[k] as number;
+      if (rk === 0) continue;
       for (let d = 0; d < D; d++) {
-        const v = (sd[d] as number) ** 2;
-        const xd = x[i * D + d] as number;
-        out[i * D + d] =
-          (out[i * D + d] as number) + r * ((mu[d] as number) + (v / (v + s2)) * (xd - (mu[d] as number)));
+        const v = ((m.std[k] as readonly number[])[d] as number) ** 2;
+        const dev = compMean(k, i, d, s2) - (mean[i * D + d] as number);
+        variance[i * D + d] = (variance[i * D + d] as number) + rk * ((v * s2) / (v + s2) + dev * dev);
       }
     }
   }
-  return out;
+  return { mean, variance };
 }
 
 /** `mixtureDenoiseHost` on tensors: x [B, D] → [B, D]. */
@@ -182,13 +223,7 @@ export class AnalyticDenoiser implements Denoiser {
     const xt = x.dataSync();
     const B = ts.length;
     const D = this.dataShape[0] as number;
-    const sigma = Float64Array.from(ts, (v) => sigmaAtTimestep(this.sigmas, v));
-    // x_t = a·(x₀ + σε) with a = √ᾱ = 1/√(1+σ²), b = √(1−ᾱ) = σa.
-    const xs = new Float64Array(B * D);
-    for (let i = 0; i < B; i++) {
-      const inv = Math.sqrt(1 + (sigma[i] as number) ** 2);
-      for (let d = 0; d < D; d++) xs[i * D + d] = (xt[i * D + d] as number) * inv;
-    }
+    const { sigma, xs } = this.unscaled(xt, ts);
     const x0 = mixtureDenoiseHost(this.mixture, xs, sigma, labels);
     const out = new Float32Array(B * D);
     for (let i = 0; i < B; i++) {
@@ -207,5 +242,29 @@ export class AnalyticDenoiser implements Denoiser {
       }
     }
     return tf.tensor(out, x.shape, 'float32');
+  }
+
+  /**
+   * Var(x₀ | x_t) per coordinate, [B, D] float32, for x_t [B, D] at timesteps t (B values) and
+   * labels (as `apply`; null = the mixture): what the optimal reverse variance of the bound needs.
+   */
+  x0Variance(x: tf.Tensor, t: ArrayLike<number>, labels: ArrayLike<number> | null): tf.Tensor {
+    const { sigma, xs } = this.unscaled(x.dataSync(), t);
+    const { variance } = mixturePosteriorHost(this.mixture, xs, sigma, labels);
+    return tf.tensor(Float32Array.from(variance), x.shape, 'float32');
+  }
+
+  /** σ of each timestep and x_t/√ᾱ = x₀ + σε (B × D, float64). */
+  private unscaled(xt: ArrayLike<number>, ts: ArrayLike<number>): { sigma: Float64Array; xs: Float64Array } {
+    const B = ts.length;
+    const D = this.dataShape[0] as number;
+    const sigma = Float64Array.from(ts, (v) => sigmaAtTimestep(this.sigmas, v));
+    // x_t = a·(x₀ + σε) with a = √ᾱ = 1/√(1+σ²), b = √(1−ᾱ) = σa.
+    const xs = new Float64Array(B * D);
+    for (let i = 0; i < B; i++) {
+      const inv = Math.sqrt(1 + (sigma[i] as number) ** 2);
+      for (let d = 0; d < D; d++) xs[i * D + d] = (xt[i * D + d] as number) * inv;
+    }
+    return { sigma, xs };
   }
 }

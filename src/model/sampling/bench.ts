@@ -11,6 +11,7 @@ import type { Denoiser } from '../nets/denoiser.js';
 import { mixtureMoments, type Mixture } from '../nets/analytic.js';
 import type { Params } from '../params.js';
 import type { Prediction } from '../diffusion/prediction.js';
+import type { ContinuousProcess } from '../diffusion/continuous.js';
 import type { Schedule } from '../diffusion/schedule.js';
 import { SAMPLERS, isDeterministic, type SamplerName } from './registry.js';
 import type { SamplerSettings } from './sampler.js';
@@ -118,6 +119,8 @@ export interface SampleBenchOptions {
   schedule: Schedule;
   prediction: Prediction;
   learnSigma: boolean;
+  /** The continuous-time process of an sde or edm model; absent = DDPM. */
+  process?: ContinuousProcess | null;
   clip: boolean;
   target: BenchTarget;
   runs: BenchRun[];
@@ -144,6 +147,7 @@ export function runSampleBench(o: SampleBenchOptions): BenchRow[] {
       seed: o.seed,
       prediction: o.prediction,
       learnSigma: o.learnSigma,
+      process: o.process ?? null,
       clip: o.clip,
       chunk: o.chunk,
     });

@@ -43,21 +43,15 @@ export function guidedOutput(
   /** The output ends with a learned variance's channels: guide the prediction only, keep v̂ of the conditional half. */
   learnSigma = false,
 ): ModelFn {
+  // guidedOutputAt with every example at t (its per-example timesteps then go unused).
   return (x, t) =>
-    tf.tidy(() => {
-      const B = labels.length;
-      if (w === 0) return cond(x, t, tf.tensor1d(labels, 'int32'));
-      const y = new Int32Array(2 * B);
-      y.set(labels);
-      y.fill(nullClass, B);
-      const both = cond(tf.concat([x, x], 0), t, tf.tensor1d(y, 'int32'));
-      const [c, u] = tf.split(both, 2, 0) as [tf.Tensor, tf.Tensor];
-      if (!learnSigma) return tf.sub(tf.mul(1 + w, c), tf.mul(w, u));
-      const last = c.rank - 1;
-      const [cm, cv] = tf.split(c, 2, last) as [tf.Tensor, tf.Tensor];
-      const um = (tf.split(u, 2, last) as [tf.Tensor, tf.Tensor])[0];
-      return tf.concat([tf.sub(tf.mul(1 + w, cm), tf.mul(w, um)), cv], last);
-    });
+    guidedOutputAt(
+      (x2, _t, y) => cond(x2, t, y),
+      labels,
+      nullClass,
+      w,
+      learnSigma,
+    )(x, new Float32Array(labels.length).fill(t));
 }
 
 /** The network's output at x for per-example (fractional) timesteps t (B values): [B, …]. */

@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { stepNoise } from './noise.js';
 import { heunStep } from './ode.js';
-import { advance, gridFor, levels, priorSample, type Sampler } from './sampler.js';
+import { levels, walkGrid, type Sampler } from './sampler.js';
 
 /** γ_i of Algorithm 2 for level σ with N steps. */
 export function churnGamma(
@@ -31,23 +31,13 @@ export const edmHeunSampler: Sampler = {
   run(model, shape, o) {
     const st = o.settings;
     if (!(st.churn >= 0)) throw new Error(`sample.churn must be ≥ 0, got ${st.churn}`);
-    const grid = gridFor(model, st, 'karras');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
-      const sHat = Math.min(s * (1 + churnGamma(s, N, st)), Math.max(model.sigmaMax, s));
-      x = advance(x, (x) => {
-        const xh =
-          sHat > s
-            ? tf.add(x, tf.mul(st.churnNoise * Math.sqrt(sHat * sHat - s * s), stepNoise(x, i, o)))
-            : x;
-        return heunStep(model, xh, model.denoise(xh, levels(B, sHat)), sHat, sn);
-      });
-      o.onStep?.(i + 1, N);
-    }
-    return { x, nfe: 2 * N - 1 };
+    const { x, steps } = walkGrid(model, shape, o, 'karras', (x, s, sn, i, grid) => {
+      const sHat = Math.min(s * (1 + churnGamma(s, grid.length - 1, st)), Math.max(model.sigmaMax, s));
+      const xh =
+        sHat > s ? tf.add(x, tf.mul(st.churnNoise * Math.sqrt(sHat * sHat - s * s), stepNoise(x, i, o))) : x;
+      return heunStep(model, xh, model.denoise(xh, levels(B, sHat)), sHat, sn);
+    });
+    return { x, nfe: 2 * steps - 1 };
   },
 };

@@ -6,7 +6,7 @@
  * pair in log σ with per-sample step control, so that a sample does not depend on its batch.
  */
 import * as tf from '@tensorflow/tfjs';
-import { advance, gridFor, levels, priorSample, type Sampler, type SigmaModel } from './sampler.js';
+import { levels, priorSample, walkGrid, type Sampler, type SigmaModel } from './sampler.js';
 import type { SampleOptions } from './noise.js';
 
 /** One Euler step σ → σn: x + (σn − σ)(x − D)/σ, written D + (σn/σ)(x − D) so that σn = 0 gives D exactly. */
@@ -42,17 +42,11 @@ export const odeEulerSampler: Sampler = {
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => st.steps,
   run(model, shape, o) {
-    const grid = gridFor(model, o.settings, 'uniform');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
-      x = advance(x, (x) => eulerStep(x, model.denoise(x, levels(B, s)), s, sn));
-      o.onStep?.(i + 1, N);
-    }
-    return { x, nfe: N };
+    const { x, steps } = walkGrid(model, shape, o, 'uniform', (x, s, sn) =>
+      eulerStep(x, model.denoise(x, levels(B, s)), s, sn),
+    );
+    return { x, nfe: steps };
   },
 };
 
@@ -65,17 +59,11 @@ export const odeHeunSampler: Sampler = {
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => 2 * st.steps - 1,
   run(model, shape, o) {
-    const grid = gridFor(model, o.settings, 'uniform');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
-      x = advance(x, (x) => heunStep(model, x, model.denoise(x, levels(B, s)), s, sn));
-      o.onStep?.(i + 1, N);
-    }
-    return { x, nfe: 2 * N - 1 };
+    const { x, steps } = walkGrid(model, shape, o, 'uniform', (x, s, sn) =>
+      heunStep(model, x, model.denoise(x, levels(B, s)), s, sn),
+    );
+    return { x, nfe: 2 * steps - 1 };
   },
 };
 

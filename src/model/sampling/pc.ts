@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { stepNoise } from './noise.js';
-import { advance, gridFor, levels, priorSample, type Sampler } from './sampler.js';
+import { levels, walkGrid, type Sampler } from './sampler.js';
 import { scoreOf } from './sde.js';
 
 /** Langevin step size ε = 2(r σ)² at level σ for signal-to-noise ratio r. */
@@ -32,33 +32,24 @@ export const pcLangevinSampler: Sampler = {
     if (!(snr > 0)) throw new Error(`sample.snr must be > 0, got ${snr}`);
     if (!Number.isInteger(M) || M < 0)
       throw new Error(`sample.corrector_steps must be an integer ≥ 0, got ${M}`);
-    const grid = gridFor(model, o.settings, 'uniform');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
+    const { x, steps } = walkGrid(model, shape, o, 'uniform', (x0, s, sn, i) => {
       // Noise draws of level i: M corrector draws, then the predictor's.
       const draw = i * (M + 1);
       const eps = langevinStep(snr, s);
+      let x = x0;
       for (let m = 0; m < M; m++) {
-        x = advance(x, (x) => {
-          const g = scoreOf(x, model.denoise(x, levels(B, s)), s);
-          return tf.add(tf.add(x, tf.mul(eps, g)), tf.mul(Math.sqrt(2 * eps), stepNoise(x, draw + m, o)));
-        });
+        const g = scoreOf(x, model.denoise(x, levels(B, s)), s);
+        x = tf.add(tf.add(x, tf.mul(eps, g)), tf.mul(Math.sqrt(2 * eps), stepNoise(x, draw + m, o)));
       }
-      x = advance(x, (x) => {
-        const d0 = model.denoise(x, levels(B, s));
-        if (sn === 0) return d0;
-        const dv = s * s - sn * sn;
-        return tf.add(
-          tf.add(x, tf.mul(dv, scoreOf(x, d0, s))),
-          tf.mul(Math.sqrt(dv), stepNoise(x, draw + M, o)),
-        );
-      });
-      o.onStep?.(i + 1, N);
-    }
-    return { x, nfe: N * (1 + M) };
+      const d0 = model.denoise(x, levels(B, s));
+      if (sn === 0) return d0;
+      const dv = s * s - sn * sn;
+      return tf.add(
+        tf.add(x, tf.mul(dv, scoreOf(x, d0, s))),
+        tf.mul(Math.sqrt(dv), stepNoise(x, draw + M, o)),
+      );
+    });
+    return { x, nfe: steps * (1 + M) };
   },
 };

@@ -5,7 +5,7 @@
  */
 import { ddimSampler } from './ddim.js';
 import { ddpmSampler } from './ddpm.js';
-import { dpmpp2mSampler } from './dpmsolver.js';
+import { dpmpp2mSampler, dpmpp2mSdeSampler } from './dpmsolver.js';
 import { edmHeunSampler } from './karras.js';
 import { odeEulerSampler, odeHeunSampler, odeRk45Sampler } from './ode.js';
 import { pcLangevinSampler } from './pc.js';
@@ -25,6 +25,7 @@ export const SAMPLER_NAMES = [
   'dpmpp-2m',
   'edm-heun',
   'unipc-bh2',
+  'dpmpp-2m-sde',
 ] as const;
 /** A name of SAMPLER_NAMES. */
 export type SamplerName = (typeof SAMPLER_NAMES)[number];
@@ -41,6 +42,7 @@ export const SAMPLERS: Readonly<Record<SamplerName, Sampler>> = {
   'dpmpp-2m': dpmpp2mSampler,
   'edm-heun': edmHeunSampler,
   'unipc-bh2': unipcBh2Sampler,
+  'dpmpp-2m-sde': dpmpp2mSdeSampler,
 };
 
 /** The sampler called `name`; throws a one-line error naming `option` otherwise. */

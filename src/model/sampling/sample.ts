@@ -11,7 +11,8 @@ import { denoiserFor, guidedOutput, guidedOutputAt, type ModelAtFn, type ModelFn
 import type { Prediction } from '../diffusion/prediction.js';
 import { samplerNamed, type SamplerName } from './registry.js';
 import { DEFAULT_SETTINGS, type SamplerSettings, type SigmaModel } from './sampler.js';
-import { vpSigmaModel } from './sigma-model.js';
+import { continuousSigmaModel, perExample, vpSigmaModel } from './sigma-model.js';
+import { coefsAt, continuousDenoised, type ContinuousProcess } from '../diffusion/continuous.js';
 import type { SampleConfig } from '../../config/schema.js';
 
 /** A sample set to draw: count, sampler and its settings, guidance and labels, seed, chunking. */
@@ -31,6 +32,8 @@ export interface SampleRequest extends Partial<Omit<SamplerSettings, 'steps' | '
   prediction: Prediction;
   /** The network also outputs its variance (diffusion.learn_sigma). */
   learnSigma?: boolean;
+  /** The continuous-time process of an sde or edm model (continuous.ts `processOf`); absent = DDPM. */
+  process?: ContinuousProcess | null;
   clip: boolean;
   /** Examples per model call. */
   chunk: number;
@@ -79,7 +82,7 @@ export function chunkModel(
   model: Denoiser,
   params: Params,
   s: Schedule,
-  req: Pick<SampleRequest, 'guidance' | 'classLabel' | 'prediction' | 'learnSigma' | 'clip'>,
+  req: Pick<SampleRequest, 'guidance' | 'classLabel' | 'prediction' | 'learnSigma' | 'clip' | 'process'>,
   start: number,
   n: number,
 ): SigmaModel {
@@ -102,6 +105,22 @@ export function chunkModel(
       learnSigma,
     );
     g = guidedOutputAt((x, t, y) => model.apply(params, x, t, y), labels, K, req.guidance, learnSigma);
+  }
+  const proc = req.process ?? null;
+  if (proc) {
+    return continuousSigmaModel({
+      sigmaMin: proc.sigmaMin,
+      sigmaMax: proc.sigmaMax,
+      sigmaAt: (u) => proc.sigmaAt(u),
+      priorStd: proc.priorStd,
+      denoise: (x, sigma) =>
+        tf.tidy(() => {
+          const c = coefsAt(proc, sigma);
+          const out = g(tf.mul(x, perExample(c.cIn, x.rank)), c.time);
+          const x0 = continuousDenoised(proc, req.prediction, x, out, sigma);
+          return req.clip ? tf.clipByValue(x0, -1, 1) : x0;
+        }),
+    });
   }
   return vpSigmaModel({
     schedule: s,

@@ -123,10 +123,34 @@ export function levels(B: number, sigma: number): Float64Array {
 }
 
 /** One sampler step: x ← f(x) inside tf.tidy, the old x disposed. */
-export function advance(x: tf.Tensor, f: (x: tf.Tensor) => tf.Tensor): tf.Tensor {
+function advance(x: tf.Tensor, f: (x: tf.Tensor) => tf.Tensor): tf.Tensor {
   const next = tf.tidy(() => f(x));
   x.dispose();
   return next;
+}
+
+/**
+ * The loop of every fixed-grid σ sampler: x from the prior, then for each interval i of the grid
+ * (auto = `dflt`) x ← step(x, σ_i, σ_{i+1}, i) inside tf.tidy, progress reported. A multistep
+ * method keeps what it carries to the next step with tf.keep and disposes it itself.
+ */
+export function walkGrid(
+  model: SigmaModel,
+  shape: number[],
+  o: SamplerRun,
+  dflt: Discretization,
+  step: (x: tf.Tensor, sigma: number, sigmaNext: number, i: number, grid: Float64Array) => tf.Tensor,
+): { x: tf.Tensor; steps: number } {
+  const grid = gridFor(model, o.settings, dflt);
+  const N = grid.length - 1;
+  let x = priorSample(model, shape, o);
+  for (let i = 0; i < N; i++) {
+    const s = grid[i] as number;
+    const sn = grid[i + 1] as number;
+    x = advance(x, (x) => step(x, s, sn, i, grid));
+    o.onStep?.(i + 1, N);
+  }
+  return { x, steps: N };
 }
 
 /** x ~ N(0, priorStd² I) at σ_max, from the noise of sample indices (seed, indexOffset + i). */

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { stepNoise } from './noise.js';
-import { advance, gridFor, levels, priorSample, type Sampler } from './sampler.js';
+import { levels, walkGrid, type Sampler } from './sampler.js';
 
 /** Score ∇log p(x; σ) = (D − x)/σ² of the denoised value d0 of x. */
 export function scoreOf(x: tf.Tensor, d0: tf.Tensor, sigma: number): tf.Tensor {
@@ -22,21 +22,13 @@ export const sdeEulerSampler: Sampler = {
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => st.steps,
   run(model, shape, o) {
-    const grid = gridFor(model, o.settings, 'uniform');
     const B = shape[0] ?? 0;
-    const N = grid.length - 1;
-    let x = priorSample(model, shape, o);
-    for (let i = 0; i < N; i++) {
-      const s = grid[i] as number;
-      const sn = grid[i + 1] as number;
-      x = advance(x, (x) => {
-        const d0 = model.denoise(x, levels(B, s));
-        if (sn === 0) return d0;
-        const dt = 2 * s * (s - sn);
-        return tf.add(tf.add(x, tf.mul(dt, scoreOf(x, d0, s))), tf.mul(Math.sqrt(dt), stepNoise(x, i, o)));
-      });
-      o.onStep?.(i + 1, N);
-    }
-    return { x, nfe: N };
+    const { x, steps } = walkGrid(model, shape, o, 'uniform', (x, s, sn, i) => {
+      const d0 = model.denoise(x, levels(B, s));
+      if (sn === 0) return d0;
+      const dt = 2 * s * (s - sn);
+      return tf.add(tf.add(x, tf.mul(dt, scoreOf(x, d0, s))), tf.mul(Math.sqrt(dt), stepNoise(x, i, o)));
+    });
+    return { x, nfe: steps };
   },
 };

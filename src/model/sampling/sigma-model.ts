@@ -88,14 +88,17 @@ export function vpSigmaModel(o: {
 
 /**
  * The σ-space view of a continuous-time model that already is a denoiser D(x; σ) over
- * [sigmaMin, sigmaMax] — a VE model (Song et al. 2021b: σ(u) = σ_min (σ_max/σ_min)^u, the time grid
- * used here) or an EDM model with its preconditioning inside `denoise`. It has no discrete view:
- * DDPM and DDIM refuse it. x at σ_max is N(0, σ_max²), as for VE/EDM.
+ * [sigmaMin, sigmaMax] — a VE/VP/sub-VP SDE or an EDM model (src/model/diffusion/continuous.ts)
+ * with its preconditioning inside `denoise`. It has no discrete view: DDPM and DDIM refuse it.
+ * Without `sigmaAt` the time grid is geometric in σ (VE's σ(u) = σ_min (σ_max/σ_min)^u); without
+ * `priorStd`, x at σ_max is N(0, σ_max²), as for VE/EDM.
  */
 export function continuousSigmaModel(o: {
   denoise: (x: tf.Tensor, sigma: ArrayLike<number>) => tf.Tensor;
   sigmaMin: number;
   sigmaMax: number;
+  sigmaAt?: (u: number) => number;
+  priorStd?: number;
 }): SigmaModel {
   if (!(o.sigmaMin > 0 && o.sigmaMax > o.sigmaMin))
     throw new Error(`σ range must satisfy 0 < σ_min < σ_max, got ${o.sigmaMin}…${o.sigmaMax}`);
@@ -104,8 +107,8 @@ export function continuousSigmaModel(o: {
     sigmaMin,
     sigmaMax,
     timesteps: null,
-    priorStd: sigmaMax,
-    sigmaAt: (u) => sigmaMin * (sigmaMax / sigmaMin) ** u,
+    priorStd: o.priorStd ?? sigmaMax,
+    sigmaAt: o.sigmaAt ?? ((u) => sigmaMin * (sigmaMax / sigmaMin) ** u),
     discrete: null,
     denoise: (x, sigma) =>
       tf.tidy(() =>
