@@ -9,16 +9,17 @@ import type { RawExample, Source } from './preprocess.js';
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Typed arrays the writer knows, with their numpy dtype strings. */
-export type NpyArray = Float32Array | Uint8Array | Int32Array | BigInt64Array;
+export type NpyArray = Float32Array | Float64Array | Uint8Array | Int32Array | BigInt64Array;
 
 function descrOf(data: NpyArray): string {
   if (data instanceof Float32Array) return '<f4';
+  if (data instanceof Float64Array) return '<f8';
   if (data instanceof Uint8Array) return '|u1';
   if (data instanceof Int32Array) return '<i4';
   return '<i8';
 }
 
-/** Encodes a typed array of `shape` as .npy bytes (float32 <f4, uint8 |u1, int32 <i4, int64 <i8). */
+/** Encodes a typed array of `shape` as .npy bytes (float32 <f4, float64 <f8, uint8 |u1, int32 <i4, int64 <i8). */
 export function encodeNpy(data: NpyArray, shape: readonly number[]): Buffer {
   const n = shape.reduce((a, b) => a * b, 1);
   if (n !== data.length)

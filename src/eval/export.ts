@@ -54,21 +54,9 @@ export function encodeNpz(arrays: Record<string, Uint8Array>): Uint8Array {
   return zipSync(files);
 }
 
-/** float64 .npy bytes (<f8, C order), which the data module's writer does not cover. */
+/** float64 .npy bytes (<f8, C order), for pytorch-fid's mu/sigma. */
 export function encodeNpyFloat64(data: Float64Array, shape: readonly number[]): Uint8Array {
-  // The header layout of encodeNpy: format 1.0, padded to a multiple of 64 bytes.
-  const shapeStr = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
-  let header = `{'descr': '<f8', 'fortran_order': False, 'shape': ${shapeStr}, }`;
-  const total = Math.ceil((10 + header.length + 1) / 64) * 64;
-  header = header.padEnd(total - 11, ' ') + '\n';
-  const buf = Buffer.alloc(total + data.byteLength);
-  buf.write('\x93NUMPY', 0, 'latin1');
-  buf[6] = 1;
-  buf[7] = 0;
-  buf.writeUInt16LE(header.length, 8);
-  buf.write(header, 10, 'latin1');
-  Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(buf, total);
-  return buf;
+  return encodeNpy(data, shape);
 }
 
 /** Writes samples as guided-diffusion's evaluator reads them: `arr_0`, uint8 [N, H, W, C]. */

@@ -1,11 +1,16 @@
 /**
  * Inception Score (Salimans et al. 2016): exp E_x[KL(p(y|x) ‖ p(y))] from a classifier's logits,
  * computed over `splits` parts (mean and standard deviation over parts). It ranges from 1 (every
- * prediction equal) to K (confident and balanced). Parts are interleaved (row r in part r mod
- * splits), not contiguous as in the original code: for independent samples the two agree in
- * distribution, but sets sorted by class (datasets, class-cycled samples) would give each
- * contiguous part one or two classes and a score near 1.
+ * prediction equal) to K (confident and balanced). Parts are drawn by a fixed permutation of the
+ * rows, not cut contiguously as in the original code: for independent samples the two agree in
+ * distribution, but sets in class order give contiguous parts one or two classes each (datasets
+ * sorted by class), and interleaved parts as well when the classes cycle with the number of parts
+ * (class-cycled samples): a score near 1 either way.
  */
+import { epochPermutation } from '../data/batches.js';
+
+/** Seed of the parts' permutation: fixed, so a set always gets the same score. */
+const SPLIT_SEED = 0x15;
 
 /** IS mean and standard deviation (numpy's np.std, divisor = splits) over the splits. */
 export interface InceptionScore {
@@ -35,15 +40,18 @@ export function inceptionScore(
     const lz = max + Math.log(z);
     for (let c = 0; c < classes; c++) logp[r * classes + c] = (logits[r * classes + c] as number) - lz;
   }
+  const perm = epochPermutation(n, SPLIT_SEED, 0);
   const scores: number[] = [];
   for (let s = 0; s < splits; s++) {
-    const rows = Math.ceil((n - s) / splits);
+    // Part s: the rows at positions s, s + splits, … of the permutation.
+    const part = perm.filter((_, j) => j % splits === s);
+    const rows = part.length;
     const py = new Float64Array(classes);
-    for (let r = s; r < n; r += splits)
+    for (const r of part)
       for (let c = 0; c < classes; c++) py[c] = (py[c] as number) + Math.exp(logp[r * classes + c] as number);
     for (let c = 0; c < classes; c++) py[c] = (py[c] as number) / rows;
     let kl = 0;
-    for (let r = s; r < n; r += splits) {
+    for (const r of part) {
       for (let c = 0; c < classes; c++) {
         const lp = logp[r * classes + c] as number;
         const p = Math.exp(lp);
