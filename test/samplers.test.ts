@@ -404,6 +404,16 @@ test('samples depend on the sample index, not the chunk size, for every sampler'
   }
 });
 
+test('a class-conditional model with guidance: each sample keeps its label under any chunking, for every sampler', () => {
+  // Labels cycle through the classes; ode-rk45 calls the model on the samples still running only.
+  const m = new AnalyticDenoiser(MIX, SMALL, 'eps', MIX.weights.length);
+  for (const r of QUICK) {
+    const run = (chunk: number) =>
+      sampleSet(m, new Map(), SMALL, request(r, 10, { chunk, guidance: 0.5 })).samples;
+    assert.deepEqual(run(3), run(10), `${r.sampler}: chunk 3 vs 10`);
+  }
+});
+
 test('memory stays flat over many steps (tf.tidy per step) and nothing leaks after a run', () => {
   const m = new AnalyticDenoiser(MIX, SMALL, 'eps');
   for (const r of QUICK) {

@@ -55,7 +55,7 @@ export function guidedOutput(
 }
 
 /** The network's output at x for per-example (fractional) timesteps t (B values): [B, …]. */
-export type ModelAtFn = (x: tf.Tensor, t: Float32Array) => tf.Tensor;
+export type ModelAtFn = (x: tf.Tensor, t: Float32Array, rows?: ArrayLike<number>) => tf.Tensor;
 
 /**
  * `guidedOutput` for per-example timesteps, as σ-space samplers call the network: the doubled
@@ -68,12 +68,13 @@ export function guidedOutputAt(
   w: number,
   learnSigma = false,
 ): ModelAtFn {
-  return (x, t) =>
+  return (x, t, rows) =>
     tf.tidy(() => {
-      const B = labels.length;
-      if (w === 0) return cond(x, tf.tensor1d(t, 'float32'), tf.tensor1d(labels, 'int32'));
+      const lab = rows ? Int32Array.from(rows, (r) => labels[r] as number) : labels;
+      const B = lab.length;
+      if (w === 0) return cond(x, tf.tensor1d(t, 'float32'), tf.tensor1d(lab, 'int32'));
       const y = new Int32Array(2 * B);
-      y.set(labels);
+      y.set(lab);
       y.fill(nullClass, B);
       const tt = new Float32Array(2 * B);
       tt.set(t);

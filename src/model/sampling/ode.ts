@@ -120,12 +120,12 @@ export function rk45Sample(
   const x0 = priorSample(model, shape, o);
   const x = Float64Array.from(x0.dataSync());
   x0.dispose();
-  /** Slopes x − D(x; e^s) at inputs `xin` (s.length rows of `size`), per-row log σ `s`. */
-  const slope = (xin: Float64Array, s: Float64Array): Float64Array => {
+  /** Slopes x − D(x; e^s) at inputs `xin` (s.length rows of `size`), per-row log σ `s`, of samples `rows` (all when absent). */
+  const slope = (xin: Float64Array, s: Float64Array, rows?: readonly number[]): Float64Array => {
     const n = s.length;
     const k = tf.tidy(() => {
       const xt = tf.tensor(Float32Array.from(xin), [n, ...rest]);
-      return tf.sub(xt, model.denoise(xt, s.map(Math.exp)));
+      return tf.sub(xt, model.denoise(xt, s.map(Math.exp), rows));
     });
     const out = Float64Array.from(k.dataSync());
     k.dispose();
@@ -167,7 +167,7 @@ export function rk45Sample(
       const xin = stageInput(A[st] as number[]);
       if (st === 6) x5 = xin;
       const sv = Float64Array.from(active, (j) => (s[j] as number) + (C[st] as number) * (h[j] as number));
-      ks.push(slope(xin, sv));
+      ks.push(slope(xin, sv, active));
     }
     active.forEach((j, r) => {
       nfe[j] = (nfe[j] as number) + 6;

@@ -113,10 +113,10 @@ export function chunkModel(
       sigmaMax: proc.sigmaMax,
       sigmaAt: (u) => proc.sigmaAt(u),
       priorStd: proc.priorStd,
-      denoise: (x, sigma) =>
+      denoise: (x, sigma, rows) =>
         tf.tidy(() => {
           const c = coefsAt(proc, sigma);
-          const out = g(tf.mul(x, perExample(c.cIn, x.rank)), c.time);
+          const out = g(tf.mul(x, perExample(c.cIn, x.rank)), c.time, rows);
           const x0 = continuousDenoised(proc, req.prediction, x, out, sigma);
           return req.clip ? tf.clipByValue(x0, -1, 1) : x0;
         }),

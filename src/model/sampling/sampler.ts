@@ -21,9 +21,11 @@ import { sigmaSteps, type Discretization } from './discretization.js';
 export interface SigmaModel {
   /**
    * x̂₀ = D(x; σ) ([B, …]) for x = x₀ + σ·ε ([B, …]) at per-example noise levels σ (B values > 0).
-   * Levels outside [sigmaMin, sigmaMax] are clamped by the model to the nearest it knows.
+   * Levels outside [sigmaMin, sigmaMax] are clamped by the model to the nearest it knows. `rows`:
+   * which samples of the run's batch x holds, when fewer (an adaptive solver's running ones), so
+   * that each keeps its own class label; absent = all of them, in order.
    */
-  denoise(x: tf.Tensor, sigma: ArrayLike<number>): tf.Tensor;
+  denoise(x: tf.Tensor, sigma: ArrayLike<number>, rows?: ArrayLike<number>): tf.Tensor;
   /** Smallest and largest σ the model was trained on. */
   readonly sigmaMin: number;
   readonly sigmaMax: number;

@@ -59,7 +59,7 @@ export function vpSigmaModel(o: {
     priorStd: Math.sqrt(1 + sigmaMax * sigmaMax),
     sigmaAt: (u) => sigmaAtTimestep(sigmas, u * (T - 1)),
     discrete: o.discrete ? { schedule: o.schedule, denoise: o.discrete } : null,
-    denoise: (x, sigma) =>
+    denoise: (x, sigma, rows) =>
       tf.tidy(() => {
         const B = sigma.length;
         const t = new Float32Array(B);
@@ -78,7 +78,7 @@ export function vpSigmaModel(o: {
           s.map((v) => v / Math.sqrt(1 + v * v)),
           r,
         );
-        let out = o.net(tf.mul(x, a), t);
+        let out = o.net(tf.mul(x, a), t, rows);
         if (o.learnSigma) out = (tf.split(out, 2, out.rank - 1) as [tf.Tensor, tf.Tensor])[0];
         const x0 = vpX0(o.prediction, x, out, a, b, perExample(s, r));
         return o.clip ? tf.clipByValue(x0, -1, 1) : x0;
@@ -94,7 +94,7 @@ export function vpSigmaModel(o: {
  * `priorStd`, x at σ_max is N(0, σ_max²), as for VE/EDM.
  */
 export function continuousSigmaModel(o: {
-  denoise: (x: tf.Tensor, sigma: ArrayLike<number>) => tf.Tensor;
+  denoise: (x: tf.Tensor, sigma: ArrayLike<number>, rows?: ArrayLike<number>) => tf.Tensor;
   sigmaMin: number;
   sigmaMax: number;
   sigmaAt?: (u: number) => number;
@@ -110,11 +110,12 @@ export function continuousSigmaModel(o: {
     priorStd: o.priorStd ?? sigmaMax,
     sigmaAt: o.sigmaAt ?? ((u) => sigmaMin * (sigmaMax / sigmaMin) ** u),
     discrete: null,
-    denoise: (x, sigma) =>
+    denoise: (x, sigma, rows) =>
       tf.tidy(() =>
         o.denoise(
           x,
           Array.from(sigma, (v) => Math.min(Math.max(v, sigmaMin), sigmaMax)),
+          rows,
         ),
       ),
   };
@@ -127,9 +128,9 @@ export function countingModel(m: SigmaModel): { model: SigmaModel; calls: () => 
   const model: SigmaModel = {
     ...m,
     sigmaAt: (u) => m.sigmaAt(u),
-    denoise: (x, s) => {
+    denoise: (x, s, rows) => {
       n++;
-      return m.denoise(x, s);
+      return m.denoise(x, s, rows);
     },
     discrete: discrete
       ? {
