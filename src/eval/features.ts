@@ -23,7 +23,7 @@ import {
   type ParamSpec,
 } from '../model/nets/layers.js';
 import { disposeParams, paramsToHost, type Params } from '../model/params.js';
-import { Purpose, stream } from '../model/rng.js';
+import { epochPermutation } from '../data/batches.js';
 import { decodeSafetensors, encodeSafetensors, type TensorLike } from '../model/safetensors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { Extracted, FeatureNet } from './net.js';
@@ -92,19 +92,6 @@ export interface TrainedFeatureNet {
   valCount: number;
 }
 
-/** A permutation of [0, n), a pure function of (seed, epoch). */
-function permutation(n: number, seed: number, epoch: number): Int32Array {
-  const idx = Int32Array.from({ length: n }, (_, i) => i);
-  const s = stream(seed, epoch, 0, Purpose.permutation);
-  for (let i = n - 1; i > 0; i--) {
-    const j = s.int(i + 1);
-    const t = idx[i] as number;
-    idx[i] = idx[j] as number;
-    idx[j] = t;
-  }
-  return idx;
-}
-
 /** Trains mnistcnn on a labelled image dataset whose examples are [32, 32, 1] (Adam, cross-entropy). */
 export async function trainFeatureNet(ds: Dataset, o: TrainFeatureOptions): Promise<TrainedFeatureNet> {
   const classes = ds.numClasses;
@@ -113,7 +100,7 @@ export async function trainFeatureNet(ds: Dataset, o: TrainFeatureOptions): Prom
     throw new Error(
       `${ds.spec}: examples are [${ds.shape.join(', ')}], the feature network needs [32, 32, 1]`,
     );
-  const order = permutation(ds.size, o.seed, 0xffff);
+  const order = epochPermutation(ds.size, o.seed, 0xffff);
   const valCount = Math.floor(ds.size * o.valFraction);
   const valIdx = order.slice(0, valCount);
   const trainIdx = order.slice(valCount);
@@ -144,7 +131,7 @@ export async function trainFeatureNet(ds: Dataset, o: TrainFeatureOptions): Prom
     const e = Math.floor(step / perEpoch);
     const b = step % perEpoch;
     if (b === 0) {
-      const p = permutation(trainIdx.length, o.seed, e);
+      const p = epochPermutation(trainIdx.length, o.seed, e);
       perm = Int32Array.from(p, (i) => trainIdx[i] as number);
     }
     const { x, y } = load(perm.subarray(b * o.batch, (b + 1) * o.batch));

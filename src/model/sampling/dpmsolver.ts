@@ -6,12 +6,54 @@
  * The first step is first order (DPM-Solver++1 = DDIM), and so is the last, to σ = 0 (x = D_{N−1}).
  */
 import * as tf from '@tensorflow/tfjs';
-import { levels, walkGrid, type Sampler } from './sampler.js';
+import { levels, walkGrid, type Sampler, type SamplerRun } from './sampler.js';
 import { stepNoise } from './noise.js';
 
 /** The second-order data estimate D' of the multistep update (r = h_prev/h). */
 export function multistepDenoised(d: tf.Tensor, dPrev: tf.Tensor, r: number): tf.Tensor {
   return tf.sub(tf.mul(1 + 1 / (2 * r), d), tf.mul(1 / (2 * r), dPrev));
+}
+
+/**
+ * The loop both forms of DPM-Solver++(2M) share: D at each level, the previous D kept for the
+ * multistep term, the step to σ = 0 a plain x = D. `update` gets x, D_i, D_{i−1} (null at the first
+ * step), σ_i, σ_{i+1}, h = log(σ_i/σ_{i+1}), the previous h and the step index.
+ */
+function multistep(
+  update: (
+    x: tf.Tensor,
+    d: tf.Tensor,
+    old: tf.Tensor | null,
+    s: number,
+    sn: number,
+    h: number,
+    hLast: number,
+    i: number,
+    o: SamplerRun,
+  ) => tf.Tensor,
+): Sampler['run'] {
+  return (model, shape, o) => {
+    const B = shape[0] ?? 0;
+    // D of the previous level, kept across steps.
+    let prev: tf.Tensor | null = null;
+    let hLast = 0;
+    const { x, steps } = walkGrid(model, shape, o, 'karras', (x, s, sn, i) => {
+      const d = model.denoise(x, levels(B, s));
+      const old = prev;
+      prev = tf.keep(d);
+      let next: tf.Tensor;
+      if (sn === 0) next = tf.clone(d);
+      else {
+        const h = Math.log(s / sn);
+        next = update(x, d, old, s, sn, h, hLast, i, o);
+        hLast = h;
+      }
+      old?.dispose();
+      return next;
+    });
+    (prev as tf.Tensor | null)?.dispose();
+    return { x, nfe: steps };
+  };
 }
 
 /** `dpmpp-2m`: N steps, N evaluations, karras levels by default. */
@@ -22,27 +64,10 @@ export const dpmpp2mSampler: Sampler = {
   defaultDiscretization: 'karras',
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => st.steps,
-  run(model, shape, o) {
-    const B = shape[0] ?? 0;
-    // D of the previous level, kept across steps.
-    let prev: tf.Tensor | null = null;
-    const { x, steps } = walkGrid(model, shape, o, 'karras', (x, s, sn, i, grid) => {
-      const d = model.denoise(x, levels(B, s));
-      const old = prev;
-      prev = tf.keep(d);
-      let next: tf.Tensor;
-      if (sn === 0) next = tf.clone(d);
-      else {
-        const h = Math.log(s / sn);
-        const dd = old === null ? d : multistepDenoised(d, old, Math.log((grid[i - 1] as number) / s) / h);
-        next = tf.sub(tf.mul(sn / s, x), tf.mul(Math.expm1(-h), dd));
-      }
-      old?.dispose();
-      return next;
-    });
-    (prev as tf.Tensor | null)?.dispose();
-    return { x, nfe: steps };
-  },
+  run: multistep((x, d, old, s, sn, h, hLast) => {
+    const dd = old === null ? d : multistepDenoised(d, old, hLast / h);
+    return tf.sub(tf.mul(sn / s, x), tf.mul(Math.expm1(-h), dd));
+  }),
 };
 
 /**
@@ -60,29 +85,11 @@ export const dpmpp2mSdeSampler: Sampler = {
   defaultDiscretization: 'karras',
   uses: ['steps', 'discretization', 'rho'],
   nfe: (st) => st.steps,
-  run(model, shape, o) {
-    const B = shape[0] ?? 0;
-    let prev: tf.Tensor | null = null;
-    let hLast = 0;
-    const { x, steps } = walkGrid(model, shape, o, 'karras', (x, s, sn, i) => {
-      const d = model.denoise(x, levels(B, s));
-      const old = prev;
-      prev = tf.keep(d);
-      let next: tf.Tensor;
-      if (sn === 0) next = tf.clone(d);
-      else {
-        const h = Math.log(s / sn);
-        // 1 − e^{−2h}: the SDE's η = 1 doubles the exponent of the ODE's 1 − e^{−h}.
-        const a = -Math.expm1(-2 * h);
-        next = tf.add(tf.mul((sn / s) * Math.exp(-h), x), tf.mul(a, d));
-        if (old !== null) next = tf.add(next, tf.mul((0.5 * a * h) / hLast, tf.sub(d, old)));
-        next = tf.add(next, tf.mul(sn * Math.sqrt(a), stepNoise(x, i, o)));
-        hLast = h;
-      }
-      old?.dispose();
-      return next;
-    });
-    (prev as tf.Tensor | null)?.dispose();
-    return { x, nfe: steps };
-  },
+  run: multistep((x, d, old, s, sn, h, hLast, i, o) => {
+    // 1 − e^{−2h}: the SDE's η = 1 doubles the exponent of the ODE's 1 − e^{−h}.
+    const a = -Math.expm1(-2 * h);
+    let next = tf.add(tf.mul((sn / s) * Math.exp(-h), x), tf.mul(a, d));
+    if (old !== null) next = tf.add(next, tf.mul((0.5 * a * h) / hLast, tf.sub(d, old)));
+    return tf.add(next, tf.mul(sn * Math.sqrt(a), stepNoise(x, i, o)));
+  }),
 };
