@@ -91,7 +91,7 @@ test('model.num_classes follows the dataset; a number that does not fit its labe
   );
   failsWithOneLine(
     ['train', '--set', 'model.num_classes=5', '--set', `run.out_dir=${out}`],
-    /model\.num_classes: 5, but dataset mnist has labels 0…9 \(use 10 or auto\)/,
+    /model\.num_classes: 5, but dataset mnist:train has labels 0…9 \(use 10 or auto\)/,
   );
   assert.ok(!existsSync(out), 'a refused job writes nothing');
   // launch shows the coordinator's own one-line reason, not just its exit code.
