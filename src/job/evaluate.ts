@@ -99,6 +99,13 @@ export class Evaluation {
         throw new Error(`eval.net: ${(e as Error).message}`);
       }
     } else this.net = null;
+    // Open the reference now, so that a bad eval.ref or count fails before the first step.
+    const ds = this.held(dataShape);
+    const refCount = ev.ref_count > 0 ? ev.ref_count : ev.count;
+    if (this.net && refCount > ds.size)
+      throw new Error(`eval.ref_count ${refCount}: ${this.refSpec} has only ${ds.size} examples`);
+    if (ev.nll_count > ds.size)
+      throw new Error(`eval.nll_count ${ev.nll_count}: ${this.refSpec} has only ${ds.size} examples`);
   }
 
   /** Whether step `step` of a job of `total` steps is evaluated: every eval.every steps and the last. */
@@ -330,8 +337,11 @@ export class Evaluation {
       }
       const e = estimate(total, 1 / Math.LN2);
       out.nll_bpd = e.mean;
-      if (Number.isFinite(e.se)) out.nll_bpd_se = e.se;
+      out.nll_bpd_se = e.se;
     }
+    // A metric that is not a number (an SE of one example, a degenerate covariance) is left out:
+    // the coordinator refuses non-finite values.
+    for (const [k, v] of Object.entries(out)) if (!Number.isFinite(v)) delete out[k];
     return out;
   }
 
