@@ -209,6 +209,39 @@ test('metrics from 1, 2 and 3 ranks of a real ring are bit-identical', async (t)
   }
 });
 
+test('a rank that fails its part makes rank 0 skip the evaluation; a failed gather rejects', async () => {
+  const job = await openJob(
+    loadConfig(undefined, [
+      ...SETS,
+      'eval.count=10',
+      'eval.nll_count=0',
+      `run.out_dir=${path.join(dir, 'fail')}`,
+    ]),
+  );
+  const e = new Evaluation(job.cfg, job.model.dataShape);
+  try {
+    const m = { cfg: job.cfg, model: job.model, ema: job.state.ema, schedule: job.schedule };
+    const warnings: string[] = [];
+    // Rank 1 of 2 sends ok = 0 (what a rank sends when its sampling or features threw).
+    const r = await e.run(
+      m,
+      0,
+      2,
+      async (p) => [p, new Float32Array([0, 0, 0])],
+      (w) => warnings.push(w),
+    );
+    assert.equal(r, null);
+    assert.deepEqual(warnings, ['evaluation skipped: rank 1 could not compute its part']);
+    await assert.rejects(
+      e.run(m, 0, 2, () => Promise.reject(new Error('ring closed')), assert.fail),
+      /ring closed/,
+    );
+  } finally {
+    e.dispose();
+    closeJob(job);
+  }
+});
+
 test('train and a 3-worker cluster write the same evaluations, at every eval.every steps and the last', async (t) => {
   const yaml = (name: string) => `
 run: { name: ${name}, out_dir: ${path.join(dir, name)} }
