@@ -468,6 +468,11 @@ test(
       'train.ema_sync_every=5',
       'train.log_every=100',
       'sample.count=0',
+      // The evaluation panel's series: the bound needs no feature network, toy data no test split.
+      'eval.every=10',
+      'eval.nll_count=8',
+      'eval.nll_timesteps=2',
+      'eval.ref=toy:8gaussians',
     ];
     procs.push(
       spawnLogged(

@@ -20,7 +20,7 @@ import { CoordinatorMetrics, serveMetrics, type MetricsServer } from '../telemet
 import { createLogger, type Logger } from '../util/log.js';
 import { joinToken, serverCredentials } from '../config/credentials.js';
 import { reportAtEnd, writeSamplesFrom } from './train.js';
-import { HISTORY_FILE, type HistoryEntry } from '../telemetry/history.js';
+import { evalLine, HISTORY_FILE, type EvalEntry, type HistoryEntry } from '../telemetry/history.js';
 import { toHistoryEntry } from '../telemetry/step-record.js';
 
 export interface CoordinatorCliOptions {
@@ -91,6 +91,10 @@ export async function runCoordinator(o: CoordinatorCliOptions): Promise<number> 
       onReport: (w, r, now) => {
         metrics.onReport(w, r, now);
         history.add(toHistoryEntry(r, now, server?.samplesPerSecond ?? 0));
+        if (r.evalMetrics) {
+          metrics.onEval(r.step, r.evalMetrics);
+          history.addEval({ step: r.step, t: now, eval: r.evalMetrics });
+        }
       },
       onGeneration: (g, n) => metrics.onGeneration(g, n),
       onWorkerDeath: (reason) => metrics.onWorkerDeath(reason),
@@ -190,7 +194,7 @@ class CoordinatorHistory {
   private readonly file: string;
   /** Steps recorded (or queued) by this process. */
   private readonly seen: Uint8Array;
-  private readonly pending: HistoryEntry[] = [];
+  private readonly pending: { step: number; line: string }[] = [];
   private failing = false;
 
   constructor(
@@ -207,18 +211,24 @@ class CoordinatorHistory {
     if (!Number.isSafeInteger(e.step) || e.step < 0 || e.step >= this.seen.length || this.seen[e.step])
       return;
     this.seen[e.step] = 1;
-    this.pending.push(e);
+    const q = e.loss_q.map((x) => (Number.isFinite(x) ? x : null));
+    this.pending.push({ step: e.step, line: `${JSON.stringify({ ...e, loss_q: q })}\n` });
+    this.flush();
+  }
+
+  /** An evaluation's line (only rank 0's report of a step carries one). */
+  addEval(e: EvalEntry): void {
+    this.pending.push({ step: e.step, line: evalLine(e) });
     this.flush();
   }
 
   /** Appends what is pending; false while the run directory refuses it. */
   flush(): boolean {
     while (this.pending.length > 0) {
-      const e = this.pending[0] as HistoryEntry;
-      const q = e.loss_q.map((x) => (Number.isFinite(x) ? x : null));
+      const e = this.pending[0] as { step: number; line: string };
       try {
         // After a failure the file may end with a torn line: end it, so the entry parses.
-        appendFileSync(this.file, `${this.failing ? '\n' : ''}${JSON.stringify({ ...e, loss_q: q })}\n`);
+        appendFileSync(this.file, `${this.failing ? '\n' : ''}${e.line}`);
       } catch (err) {
         if (!this.failing)
           this.log.error(

@@ -14,11 +14,13 @@ import { AnalyticDenoiser, sampleMixture } from '../model/nets/analytic.js';
 import { disposeParams } from '../model/params.js';
 import { scheduleOf } from '../model/diffusion/schedule.js';
 import { REVERSE_VARIANCES, type ReverseVariance } from '../model/diffusion/bound.js';
-import { openDataset, parseSpec } from '../data/spec.js';
+import { heldOutSpec, openDataset } from '../data/spec.js';
 import { boundTerms, summarize, type BoundSettings, type BoundSummary } from '../eval/nll.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { loadSampleModel } from './sample.js';
 import { UsageError } from './common.js';
+
+export { heldOutSpec };
 
 /** The options of `ringdiff eval nll` (commander names). */
 export interface EvalNllOptions {
@@ -36,18 +38,6 @@ export interface EvalNllOptions {
   ema: boolean;
   backend?: string;
   progress?: boolean;
-}
-
-/** The held-out split of a training spec (mnist → mnist:test, …), or null when it has none. */
-export function heldOutSpec(spec: string): string | null {
-  const { kind, arg } = parseSpec(spec);
-  if ((kind === 'mnist' || kind === 'fashion-mnist') && (arg === '' || arg === 'train'))
-    return `${kind}:test`;
-  if (kind === 'cifar10') {
-    const m = /^(.*?)(:train|:test)?$/.exec(arg);
-    if (m && m[2] !== ':test' && m[1] !== '') return `cifar10:${m[1]}:test`;
-  }
-  return null;
 }
 
 /** A checkpoint directory, or the newest checkpoint of a run directory, and its run directory. */

@@ -20,6 +20,8 @@ import type { Denoiser } from '../model/nets/denoiser.js';
 import type { Params } from '../model/params.js';
 import type { Schedule } from '../model/diffusion/schedule.js';
 import { processOf } from '../model/diffusion/continuous.js';
+import { Evaluation } from '../job/evaluate.js';
+import { UsageError } from './common.js';
 
 export interface TrainOptions {
   config?: string;
@@ -127,6 +129,16 @@ export async function train(opts: TrainOptions): Promise<void> {
   let lossAvg = NaN;
   const B = cfg.train.global_batch;
   const history = new HistoryWriter(cfg.run.out_dir);
+  // The same evaluation round as the workers', in a world of one (see src/job/evaluate.ts).
+  let evaluation: Evaluation | null = null;
+  if (cfg.eval.every > 0) {
+    try {
+      evaluation = new Evaluation(job.cfg, job.model.dataShape);
+    } catch (e) {
+      closeJob(job);
+      throw new UsageError((e as Error).message);
+    }
+  }
   const loader = new Prefetcher({
     data: cfg.data,
     seed: cfg.run.seed,
@@ -170,6 +182,20 @@ export async function train(opts: TrainOptions): Promise<void> {
         lastLog = { t: now, step: r.step };
       }
       if (!Number.isFinite(r.loss)) throw new Error(`loss is ${r.loss} at step ${r.step}: training diverged`);
+      if (evaluation?.due(r.step, cfg.train.steps)) {
+        const t1 = Date.now();
+        const m = await evaluation.run(
+          { cfg: job.cfg, model: job.model, ema: job.state.ema, schedule: job.schedule },
+          0,
+          1,
+          async (part) => [part],
+          (msg) => log.warn({ step: r.step }, msg),
+        );
+        if (m) {
+          history.addEval({ step: r.step, t: Date.now(), eval: m });
+          log.info({ step: r.step, ms: Date.now() - t1, ...m }, 'evaluation');
+        }
+      }
       if (every > 0 && r.step % every === 0 && r.step !== cfg.train.steps) {
         const c = await saveCheckpoint(job);
         log.info({ step: r.step, ...c }, 'checkpoint written');
@@ -192,6 +218,7 @@ export async function train(opts: TrainOptions): Promise<void> {
     bar?.stop();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    evaluation?.dispose();
     closeJob(job);
   }
   if (stopping) process.exitCode = 130;

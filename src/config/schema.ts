@@ -593,6 +593,58 @@ export const ClusterSchema = z
   })
   .prefault({});
 
+export const EvalSchema = z
+  .strictObject({
+    every: int(0)
+      .default(0)
+      .describe('Steps between evaluations during training, also run at the last step (0 = never).'),
+    count: int(0)
+      .default(500)
+      .describe('Samples drawn from the EMA weights per evaluation for FID/KID/IS/precision/recall.'),
+    sampler: z
+      .enum(SAMPLER_NAMES)
+      .nullable()
+      .default(null)
+      .describe(
+        "Sampler of the evaluation's samples (null = sample.sampler; its other settings are sample.*).",
+      ),
+    steps: int(1).nullable().default(null).describe('Steps of the evaluation sampler (null = sample.steps).'),
+    net: z
+      .string()
+      .default('')
+      .describe(
+        'mnistcnn weights (ringdiff eval train-features), on every worker; empty = no sample metrics, only bits/dim.',
+      ),
+    ref: z
+      .string()
+      .default('')
+      .describe(
+        "Reference dataset spec of the sample metrics (empty = the dataset's test split, as eval nll).",
+      ),
+    ref_count: int(0)
+      .default(0)
+      .describe('Reference examples, spread over the set (0 = eval.count); their features are cached.'),
+    block: int(1)
+      .default(32)
+      .describe(
+        'Samples per model call: fixed index blocks, whole blocks per worker, so results do not depend on the world size.',
+      ),
+    nll_count: int(0)
+      .default(0)
+      .describe(
+        'Held-out examples of the bits/dim bound per evaluation (0 = no bound; objective ddpm only).',
+      ),
+    nll_timesteps: int(2)
+      .default(20)
+      .describe(
+        'Network calls per example of the bound (stratified estimator of eval nll; ≤ diffusion.timesteps).',
+      ),
+    seed: int(0)
+      .default(0)
+      .describe('Seed of the evaluation noise (samples, bound), fixed across evaluations.'),
+  })
+  .prefault({});
+
 export const ConfigSchema = z
   .strictObject({
     run: RunSchema,
@@ -602,8 +654,41 @@ export const ConfigSchema = z
     train: TrainSchema,
     sample: SampleSchema,
     cluster: ClusterSchema,
+    eval: EvalSchema,
   })
   .superRefine((c, ctx) => {
+    const ev = c.eval;
+    if (ev.every > 0 && ev.net === '' && ev.nll_count === 0)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eval', 'every'],
+        message: `${ev.every} but nothing to evaluate: set eval.net (sample metrics) or eval.nll_count (bits/dim)`,
+      });
+    if (ev.every > 0 && ev.net !== '' && ev.count < 10)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eval', 'count'],
+        message: `${ev.count}: the sample metrics need at least 10 samples (Inception Score splits)`,
+      });
+    if (ev.every > 0 && ev.nll_count > 0 && c.diffusion.objective !== 'ddpm')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eval', 'nll_count'],
+        message: `the bound is that of the discrete DDPM process; diffusion.objective is ${c.diffusion.objective}`,
+      });
+    if (ev.every > 0 && ev.nll_count > 0 && ev.nll_timesteps > c.diffusion.timesteps)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eval', 'nll_timesteps'],
+        message: `${ev.nll_timesteps} is more than diffusion.timesteps (${c.diffusion.timesteps})`,
+      });
+    const evSampler = ev.sampler ?? c.sample.sampler;
+    if (ev.every > 0 && c.diffusion.objective !== 'ddpm' && (evSampler === 'ddpm' || evSampler === 'ddim'))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eval', 'sampler'],
+        message: `${evSampler} walks the timesteps of objective ddpm; objective ${c.diffusion.objective} needs a σ sampler`,
+      });
     // DDPM and DDIM walk the discrete timesteps of objective ddpm; continuous models have none.
     if (c.diffusion.objective !== 'ddpm' && (c.sample.sampler === 'ddpm' || c.sample.sampler === 'ddim'))
       ctx.addIssue({
@@ -620,3 +705,4 @@ export type AnalyticConfig = ModelConfig['analytic'];
 export type SampleConfig = Config['sample'];
 export type DiffusionConfig = Config['diffusion'];
 export type TrainConfig = Config['train'];
+export type EvalConfig = Config['eval'];

@@ -23,6 +23,8 @@ const MAX_MS = 86_400_000;
 
 const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
 const HEX_CHECKSUM = /^[0-9a-f]{0,128}$/;
+const EVAL_METRIC_NAME = /^[a-z0-9_]{1,64}$/;
+const MAX_EVAL_METRICS = 32;
 // Control characters would forge lines in logs and tables that print these strings.
 // eslint-disable-next-line no-control-regex -- control characters are what it looks for
 const CONTROL = /[\u0000-\u001f\u007f]/;
@@ -135,6 +137,14 @@ export function checkReport(r: pb.StepReport, job: { totalSteps: number; globalB
   if (!HEX_CHECKSUM.test(r.weightsChecksum))
     fail('weights_checksum', 'not a hex digest of at most 128 digits');
   checkInt('examples', r.examples, 0, job.globalBatch);
+  // Metric names become Prometheus label values and history keys: short, plain, few.
+  const names = Object.keys(r.evalMetrics ?? {});
+  if (names.length > MAX_EVAL_METRICS) fail('eval_metrics', `more than ${MAX_EVAL_METRICS} metrics`);
+  for (const name of names) {
+    if (!EVAL_METRIC_NAME.test(name))
+      fail('eval_metrics', `name '${name.slice(0, 80)}' is not [a-z0-9_]{1,64}`);
+    checkFinite(`eval_metrics.${name}`, r.evalMetrics[name] as number, -Number.MAX_VALUE, Number.MAX_VALUE);
+  }
 }
 
 /** ReportFailure: a step of the job, a rank of the current ring (or −1), a bounded reason. */

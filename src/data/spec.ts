@@ -114,3 +114,15 @@ export function resolveSpec(spec: string, root: string | undefined): string {
       return spec;
   }
 }
+
+/** The held-out split of a training spec (mnist → mnist:test, …), or null when it has none. */
+export function heldOutSpec(spec: string): string | null {
+  const { kind, arg } = parseSpec(spec);
+  if ((kind === 'mnist' || kind === 'fashion-mnist') && (arg === '' || arg === 'train'))
+    return `${kind}:test`;
+  if (kind === 'cifar10') {
+    const m = /^(.*?)(:train|:test)?$/.exec(arg);
+    if (m && m[2] !== ':test' && m[1] !== '') return `cifar10:${m[1]}:test`;
+  }
+  return null;
+}

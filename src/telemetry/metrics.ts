@@ -109,6 +109,10 @@ export class CoordinatorMetrics {
   private readonly emaStep: Gauge;
   private readonly emaLag: Gauge;
   private readonly samplingWeight: Gauge<'bucket' | 't_from'>;
+  private readonly evalMetric: Gauge<'name'>;
+  private readonly evalStep: Gauge;
+  /** Step of the newest evaluation exported (a late report of an older one is ignored). */
+  private lastEvalStep = -1;
 
   /** Highest step reported since the last generation change (-1 = none yet). */
   private lastStep = -1;
@@ -192,6 +196,20 @@ export class CoordinatorMetrics {
       'Timestep-sampling probability mass per bucket of timesteps (t_from = first t of the bucket).',
       ['bucket', 't_from'],
     );
+    this.evalMetric = gauge(
+      'eval_metric',
+      'Metric of the last evaluation during training (eval.*), by name: fid_mnistcnn, kid_mnistcnn, is_mnistcnn, precision_mnistcnn, recall_mnistcnn, nll_bpd, ...',
+      ['name'],
+    );
+    this.evalStep = gauge('eval_step', 'Step of the last evaluation during training.');
+  }
+
+  /** The metrics of the evaluation after step `step` (rank 0's report). */
+  onEval(step: number, metrics: Record<string, number>): void {
+    if (step < this.lastEvalStep) return;
+    this.lastEvalStep = step;
+    this.evalStep.set(step);
+    for (const [name, v] of Object.entries(metrics)) this.evalMetric.set({ name }, v);
   }
 
   /** A worker's report of one step; `nowMs`: receive time (ms, any fixed epoch). */
@@ -329,6 +347,7 @@ export class CoordinatorMetrics {
   /** Forgets the step history (the next report's step is taken as the current one). */
   private restartSteps(): void {
     this.lastStep = -1;
+    this.lastEvalStep = -1;
     this.lastStepMs = -Infinity;
     this.steps.clear();
   }

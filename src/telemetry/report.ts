@@ -19,7 +19,7 @@ import { scheduleOf } from '../model/diffusion/schedule.js';
 import { processOf } from '../model/diffusion/continuous.js';
 import { createSampler, type SamplerState } from '../model/diffusion/timesteps.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { readHistory, type HistoryEntry } from './history.js';
+import { readEvalHistory, readHistory, type HistoryEntry } from './history.js';
 
 export interface Series {
   name: string;
@@ -177,6 +177,40 @@ export function nllSection(outDir: string): string {
 <table><tr><td>step</td><td>variance</td><td>timesteps</td><td>examples</td><td>bound, bits/dim ± SE</td><td>prior L_T</td><td>Σ KL L_t</td><td>decoder L_0</td><td>decoder</td></tr>
 ${rows.join('\n')}</table>
 <div class="charts">${chart}</div>`;
+}
+
+/**
+ * The evaluations during training (eval.* lines of history.jsonl): one chart of each metric against
+ * the step (standard errors and the IS spread are in the table only), and the last values ('' if none).
+ */
+export function evalSection(outDir: string): string {
+  const evals = readEvalHistory(outDir);
+  if (evals.length === 0) return '';
+  const names = [...new Set(evals.flatMap((e) => Object.keys(e.eval)))].filter(
+    (n) => !n.endsWith('_se') && !n.endsWith('_std'),
+  );
+  const charts = names.map((n) =>
+    lineChart(
+      [
+        {
+          name: n,
+          color: '#d62728',
+          points: evals
+            .filter((e) => typeof e.eval[n] === 'number')
+            .map((e): [number, number] => [e.step, e.eval[n] as number]),
+        },
+      ],
+      { title: `${n} vs step`, xLabel: 'step', yLabel: n, markers: true, width: 420, height: 240 },
+    ),
+  );
+  const last = evals.at(-1) as (typeof evals)[number];
+  const rows = Object.entries(last.eval).map(
+    ([k, v]) => `<tr><td>${esc(k)}</td><td>${v.toPrecision(5)}</td></tr>`,
+  );
+  return `<h2>Evaluation during training (eval.*)</h2>
+<p>${evals.length} evaluations on the EMA weights; the last at step ${last.step}:</p>
+<table>${rows.join('')}</table>
+<div class="charts">${charts.join('\n')}</div>`;
 }
 
 const pngTag = (buf: Buffer, alt: string) =>
@@ -357,6 +391,7 @@ export async function writeReport(outDir: string, opts: ReportOptions = {}): Pro
 ${grids.join('\n')}
 ${existsSync(finalPng) ? `<h2>End-of-run samples</h2>${pngTag(readFileSync(finalPng), 'end-of-run samples')}` : ''}
 <h2>Timestep sampling</h2><div class="charts">${weights}</div>
+${evalSection(outDir)}
 ${nllSection(outDir)}
 </body></html>
 `;

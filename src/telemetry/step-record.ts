@@ -32,6 +32,8 @@ export interface StepRecord {
   allreduceBusbwGbps: number;
   /** Examples this worker processed in the step. */
   examples: number;
+  /** Metrics of the evaluation after this step (eval.*), on rank 0's report only. */
+  evalMetrics?: Record<string, number>;
 }
 
 /** The gRPC report of `rec`; `checksum` is the weights' checksum on verification steps, else ''. */
@@ -53,6 +55,7 @@ export function toWireReport(rec: StepRecord, workerId: string, checksum: string
     allreduceBusbwGbps: rec.allreduceBusbwGbps,
     weightsChecksum: checksum,
     examples: rec.examples,
+    ...(rec.evalMetrics ? { evalMetrics: rec.evalMetrics } : {}),
   };
 }
 
@@ -75,6 +78,7 @@ export function fromWireReport(r: pb.IStepReport, rank: number, worldSize: numbe
     allreduceBytes: Number(r.allreduceBytes ?? 0),
     allreduceBusbwGbps: r.allreduceBusbwGbps ?? 0,
     examples: r.examples ?? 0,
+    ...(r.evalMetrics && Object.keys(r.evalMetrics).length > 0 ? { evalMetrics: { ...r.evalMetrics } } : {}),
   };
 }
 

@@ -26,6 +26,7 @@ import { credentialsFrom, type TlsPem } from '../config/credentials.js';
 import { createJob, resetJob, type Job } from '../job/job.js';
 import { emaSnapshot, restoreSnapshot, snapshot } from '../job/snapshot.js';
 import { fusedStep } from '../job/step.js';
+import { Evaluation } from '../job/evaluate.js';
 import { syncGeneration, type Kept } from './sync.js';
 import { decodeSnapshot } from '../job/transfer.js';
 
@@ -129,6 +130,8 @@ export class Worker {
   private heartbeats: Heartbeats | null = null;
   /** Set by `leave()`: once out of the ring (released or stopped), run() returns instead of rejoining. */
   private leaving = false;
+  /** Loaded once per process at the first plan (eval.every > 0): the feature net, the reference. */
+  private evaluation: Evaluation | null = null;
   private readonly log: Logger;
 
   constructor(private readonly o: WorkerOptions) {
@@ -575,6 +578,13 @@ export class Worker {
       'shard of each global batch',
     );
     this.loader?.drop();
+    if (cfg.eval.every > 0 && !this.evaluation) {
+      try {
+        this.evaluation = new Evaluation(cfg, job.model.dataShape);
+      } catch (e) {
+        throw new FatalWorkerError((e as Error).message);
+      }
+    }
     const acc = new StepAverages();
     while (job.state.step < total) {
       // fusedStep ends with a turn of the event loop: with nothing else to wait for (a world of one,
@@ -607,6 +617,29 @@ export class Worker {
           verifyFailed = e;
         }
       }
+      // The evaluation round, like the checksum round, runs between committed steps on every rank
+      // at once (it holds the next step exactly as long as it takes). It is no part of the training
+      // state: when the ring fails during it, this step's evaluation is skipped, never redone.
+      let evalMetrics: Record<string, number> | null = null;
+      let evalFailed: unknown = null;
+      if (!verifyFailed && this.evaluation?.due(r.step, total)) {
+        const t1 = performance.now();
+        try {
+          evalMetrics = await this.evaluation.run(
+            { cfg, model: job.model, ema: job.state.ema, schedule: job.schedule },
+            plan.rank,
+            N,
+            (part) => ring.allGather(part),
+            (msg) => log.warn({ step: r.step }, msg),
+          );
+        } catch (e) {
+          if (e instanceof FatalWorkerError) throw e;
+          log.warn({ step: r.step, error: (e as Error).message }, 'evaluation skipped: the ring failed');
+          evalFailed = e;
+        }
+        if (evalMetrics)
+          log.info({ step: r.step, ms: Math.round(performance.now() - t1), ...evalMetrics }, 'evaluation');
+      }
       const rec: StepRecord = {
         step: r.step,
         generation: plan.generation,
@@ -624,11 +657,13 @@ export class Worker {
         allreduceBytes: bytes,
         allreduceBusbwGbps: busbw,
         examples: shard.n,
+        ...(evalMetrics ? { evalMetrics } : {}),
       };
       this.o.events?.onStep?.(rec);
       this.o.events?.onRing?.(ring);
       this.reports.post(toWireReport(rec, this.workerId, checksum));
       if (verifyFailed) throw verifyFailed;
+      if (evalFailed) throw evalFailed;
       acc.add(rec);
       if (r.step % cfg.train.log_every === 0)
         log.info({ step: r.step, loss: r.loss, ...acc.flush() }, 'step');

@@ -37,6 +37,8 @@ export interface SampleRequest extends Partial<Omit<SamplerSettings, 'steps' | '
   clip: boolean;
   /** Examples per model call. */
   chunk: number;
+  /** Global index of the first sample (0): a part of a larger set, as the workers of an evaluation draw it. */
+  first?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -153,14 +155,16 @@ export function sampleSet(model: Denoiser, params: Params, s: Schedule, req: Sam
   const sampler = samplerNamed(req.sampler);
   const settings = settingsOf(req);
   const chunks = Math.ceil(req.count / req.chunk);
+  const first = req.first ?? 0;
   let nfeSum = 0;
   for (let c = 0; c < chunks; c++) {
     const start = c * req.chunk;
     const n = Math.min(req.chunk, req.count - start);
-    const m = chunkModel(model, params, s, req, start, n);
+    // Noise and class labels follow the global index, so a part equals the same rows of the whole.
+    const m = chunkModel(model, params, s, req, first + start, n);
     const { x, nfe } = sampler.run(m, [n, ...model.dataShape], {
       seed: req.seed,
-      indexOffset: start,
+      indexOffset: first + start,
       clip: req.clip,
       settings,
       // Progress over the whole set: each chunk is one slice of `chunks`.
