@@ -313,6 +313,33 @@ cluster: { min_workers: 3, heartbeat_timeout_ms: 10000, ring_timeout_ms: 30000 }
   assert.match(html, /nll_bpd vs step/);
 });
 
+test('eval run on a checkpoint: 1 and 3 local workers agree, and equal the evaluation train made of the same weights', async () => {
+  // The single-process job of the test above left ckpt-7 and its step-7 evaluation in history.jsonl.
+  const ckpt = path.join(dir, 'single', 'ckpt-7');
+  const trained = readEvalHistory(path.join(dir, 'single')).find((e) => e.step === 7);
+  assert.ok(trained, 'the job above evaluated step 7');
+  const run = async (workers: number) => {
+    const r = await runRingdiffCli([
+      'eval',
+      'run',
+      '--checkpoint',
+      ckpt,
+      '--workers',
+      String(workers),
+      '--json',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    return (JSON.parse(r.out) as { metrics: Record<string, number> }).metrics;
+  };
+  const one = await run(1);
+  const three = await run(3);
+  assert.deepEqual(three, one);
+  assert.deepEqual(one, trained.eval);
+  const bad = await runRingdiffCli(['eval', 'run', '--checkpoint', ckpt, '--set', 'train.steps=9']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.err.trim(), /^ringdiff: --set train\.steps=9: only eval\.\* keys/);
+});
+
 test('a missing eval.net stops train before the first step with one line naming the key', async () => {
   const f = path.join(dir, 'bad.yaml');
   writeFileSync(

@@ -361,6 +361,28 @@ export async function main(argv: string[]): Promise<void> {
       await evalFid(o);
     });
   evalCmd
+    .command('run')
+    .description(
+      "the job's evaluation (eval.*: sample metrics, bits/dim) of a checkpoint, by one process or N that split the samples as training workers do",
+    )
+    .requiredOption('--checkpoint <dir>', 'checkpoint directory (ckpt-<step>)')
+    .option('--set <key=value>', 'override an eval.* key of the checkpoint config (repeatable)', collect, [])
+    .option(
+      '--workers <n>',
+      'local processes forming a ring (same numbers for any n)',
+      intOption('--workers', 1),
+      1,
+    )
+    .addOption(new Option('--rank <r>').argParser(intOption('--rank', 0)).hideHelp())
+    .addOption(new Option('--ring <dir>').hideHelp())
+    .option('--json', 'print one JSON object')
+    .addOption(backendOpt())
+    .showHelpAfterError(false)
+    .action(async (o) => {
+      const { evalRun } = await import('./eval-run.js');
+      await evalRun(o);
+    });
+  evalCmd
     .command('train-features')
     .description('train the built-in feature network (mnistcnn) on a labelled dataset for eval fid')
     .requiredOption('--data <spec>', 'labelled training split, e.g. mnist:train')
