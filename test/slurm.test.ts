@@ -198,8 +198,13 @@ test(
     const { id } = await submit(out);
     const n = await untilStep(out, 130);
     s.run('scontrol', ['requeue', String(id)]);
-    // Slurm holds a requeued job back for a while (its begin time moves on): start it now.
+    const requeuedAt = Date.now();
+    // Slurm holds a requeued job back for a while (its begin time moves on): start it now. But not
+    // within the second of the requeue: slurmd revokes the job's credential then and compares
+    // credential times in whole seconds, so a restart in the same second is killed as "Job
+    // credential revoked" (seen once the job's stop got fast enough).
     await s.waitFor(id, ['PENDING'], 60_000);
+    await sleep(Math.max(0, requeuedAt + 2000 - Date.now()));
     s.run('scontrol', ['update', `JobId=${id}`, 'StartTime=now']);
     const j = await s.waitFor(id, ['COMPLETED', 'FAILED', 'CANCELLED'], 180_000);
     assert.equal(j.state, 'COMPLETED', readFileSync(`${out}.slurm-${id}.out`, 'utf8'));
