@@ -12,16 +12,16 @@
  * β̃_t + c1_t² Var(x₀|x_t), the true reverse kernel's variance when the data is Gaussian.
  */
 import * as tf from '@tensorflow/tfjs';
-import { coef, qPosterior } from './process.js';
+import { coef } from './process.js';
 import type { Schedule } from './schedule.js';
-import { discretizedGaussianLogLikelihood, modelLogVariance, normalKl } from './vlb.js';
+import { modelLogVariance, normalKl } from './vlb.js';
+
+// The per-step terms are shared with training's L_vlb and live beside it.
+export { gaussianNll, stepTerms, type DecoderKind } from './vlb.js';
 
 /** The reverse-process variance σ_t² the bound is evaluated with. */
 export type ReverseVariance = 'beta' | 'posterior' | 'learned' | 'optimal';
 export const REVERSE_VARIANCES: readonly ReverseVariance[] = ['beta', 'posterior', 'learned', 'optimal'];
-
-/** How L_0 scores x₀: the 8-bit discretised Gaussian (images) or the Gaussian density (vectors). */
-export type DecoderKind = 'discretized' | 'continuous';
 
 /**
  * ln σ_t² of a fixed variance, length T: ln β_t or ln β̃_t, both with β̃_1 at t = 0 (β̃_0 = 0 is no
@@ -71,51 +71,6 @@ export function priorTerm(s: Schedule, x0: tf.Tensor): tf.Tensor1D {
     );
     const kl = normalKl(mean, logVar, tf.zerosLike(mean), tf.zerosLike(logVar));
     return tf.mean(kl, axesAfterBatch(r)) as tf.Tensor1D;
-  });
-}
-
-/** −ln N(x; mean, e^{logVar}) elementwise, nats. */
-export function gaussianNll(x: tf.Tensor, mean: tf.Tensor, logVar: tf.Tensor): tf.Tensor {
-  return tf.tidy(() =>
-    tf.mul(
-      0.5,
-      tf.add(
-        tf.add(Math.log(2 * Math.PI), logVar),
-        tf.mul(tf.squaredDifference(x, mean), tf.exp(tf.neg(logVar))),
-      ),
-    ),
-  );
-}
-
-/**
- * Per-example L_t (t ≥ 1) or L_0 (t = 0), nats per dimension, [B]: x₀, x_t, x̂₀ [B, …], logVar
- * [B, 1, …] or [B, …] (reverseLogVariance), t: B timesteps (mixed allowed).
- */
-export function stepTerms(
-  s: Schedule,
-  x0: tf.Tensor,
-  xt: tf.Tensor,
-  t: ArrayLike<number>,
-  x0Hat: tf.Tensor,
-  logVar: tf.Tensor,
-  decoder: DecoderKind,
-): tf.Tensor1D {
-  return tf.tidy(() => {
-    const axes = axesAfterBatch(x0.rank);
-    const truth = qPosterior(s, x0, xt, t);
-    const model = qPosterior(s, x0Hat, xt, t);
-    const kl = tf.mean(normalKl(truth.mean, truth.logVariance, model.mean, logVar), axes);
-    const nll = tf.mean(
-      decoder === 'discretized'
-        ? tf.neg(discretizedGaussianLogLikelihood(x0, model.mean, tf.mul(0.5, logVar)))
-        : gaussianNll(x0, model.mean, logVar),
-      axes,
-    );
-    const first = tf.tensor1d(
-      Array.from(t, (ti) => ti === 0),
-      'bool',
-    );
-    return tf.where(first, nll, kl) as tf.Tensor1D;
   });
 }
 

@@ -116,19 +116,55 @@ export function vbTerms(
   x0Hat: tf.Tensor,
   logVar: tf.Tensor,
 ): tf.Tensor1D {
+  return tf.tidy(
+    () => tf.div(stepTerms(s, x0, xt, t, x0Hat, logVar, 'discretized'), Math.LN2) as tf.Tensor1D,
+  );
+}
+
+/** How L_0 scores x₀: the 8-bit discretised Gaussian (images) or the Gaussian density (vectors). */
+export type DecoderKind = 'discretized' | 'continuous';
+
+/** −ln N(x; mean, e^{logVar}) elementwise, nats. */
+export function gaussianNll(x: tf.Tensor, mean: tf.Tensor, logVar: tf.Tensor): tf.Tensor {
+  return tf.tidy(() =>
+    tf.mul(
+      0.5,
+      tf.add(
+        tf.add(Math.log(2 * Math.PI), logVar),
+        tf.mul(tf.squaredDifference(x, mean), tf.exp(tf.neg(logVar))),
+      ),
+    ),
+  );
+}
+
+/**
+ * Per-example L_t (t ≥ 1) or L_0 (t = 0), nats per dimension, [B]: x₀, x_t, x̂₀ [B, …], logVar
+ * [B, 1, …] or [B, …] (reverseLogVariance), t: B timesteps (mixed allowed).
+ */
+export function stepTerms(
+  s: Schedule,
+  x0: tf.Tensor,
+  xt: tf.Tensor,
+  t: ArrayLike<number>,
+  x0Hat: tf.Tensor,
+  logVar: tf.Tensor,
+  decoder: DecoderKind,
+): tf.Tensor1D {
   return tf.tidy(() => {
     const axes = Array.from({ length: x0.rank - 1 }, (_, i) => i + 1);
     const truth = qPosterior(s, x0, xt, t);
     const model = qPosterior(s, x0Hat, xt, t);
-    const kl = tf.div(tf.mean(normalKl(truth.mean, truth.logVariance, model.mean, logVar), axes), Math.LN2);
-    const nll = tf.div(
-      tf.neg(tf.mean(discretizedGaussianLogLikelihood(x0, model.mean, tf.mul(0.5, logVar)), axes)),
-      Math.LN2,
+    const kl = tf.mean(normalKl(truth.mean, truth.logVariance, model.mean, logVar), axes);
+    const nll = tf.mean(
+      decoder === 'discretized'
+        ? tf.neg(discretizedGaussianLogLikelihood(x0, model.mean, tf.mul(0.5, logVar)))
+        : gaussianNll(x0, model.mean, logVar),
+      axes,
     );
     const first = tf.tensor1d(
-      Float32Array.from(t, (ti) => (ti === 0 ? 1 : 0)),
-      'float32',
+      Array.from(t, (ti) => ti === 0),
+      'bool',
     );
-    return tf.add(tf.mul(first, nll), tf.mul(tf.sub(1, first), kl)) as tf.Tensor1D;
+    return tf.where(first, nll, kl) as tf.Tensor1D;
   });
 }
