@@ -5,19 +5,13 @@ import { imageDataset } from '../data/preprocess.js';
 import { openSource } from '../data/spec.js';
 import { initBackend } from '../model/backend/index.js';
 import { disposeParams } from '../model/params.js';
-import { saveFeatureNet, trainFeatureNet } from '../eval/features.js';
+import { saveFeatureNet, trainFeatureNet, type TrainFeatureOptions } from '../eval/features.js';
 import { UsageError } from './common.js';
 
-/** Options of `ringdiff eval train-features` (commander names). */
-export interface TrainFeaturesOptions {
+/** Options of `ringdiff eval train-features` (commander names): the training options plus where. */
+export interface TrainFeaturesOptions extends Omit<TrainFeatureOptions, 'onStep'> {
   data: string;
   out: string;
-  epochs: number;
-  steps?: number;
-  batch: number;
-  lr: number;
-  seed: number;
-  valFraction: number;
   json?: boolean;
   backend?: string;
 }
